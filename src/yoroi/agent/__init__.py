@@ -1,0 +1,1 @@
+"""The agent daemon: module host, event bus, responder."""

@@ -1,0 +1,1 @@
+"""OCSF events and the sinks that carry them (JSON lines, stdout, syslog CEF/LEEF)."""

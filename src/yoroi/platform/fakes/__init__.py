@@ -1,0 +1,1 @@
+"""Fake twins of the ``platform.linux`` adapters, for unit tests of the code above them."""

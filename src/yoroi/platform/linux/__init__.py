@@ -1,0 +1,1 @@
+"""Small adapters over Linux facilities: fanotify, proc connector, nftables, /proc, dpkg."""
