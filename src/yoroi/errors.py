@@ -10,7 +10,8 @@ turns any of them into one clear line on stderr and exit status 2, never a trace
     ├── NotBuiltError          the module asked for does not exist yet
     ├── PlatformError          the kernel or a system tool refused or failed
     │   ├── PermissionDenied   ... because the caller lacks a privilege (CAP_SYS_ADMIN, root)
-    │   └── Unsupported        ... because this kernel or file system lacks the facility
+    │   ├── Unsupported        ... because this kernel or file system lacks the facility
+    │   └── ProcessGone        ... because the process exited meanwhile
     ├── SinkError              an event sink cannot write (the bus counts and retries)
     ├── ActionError            the responder could not carry out an action
     │   └── ActionRefused      ... because policy or a safety rule forbids it
@@ -62,6 +63,10 @@ class PermissionDenied(PlatformError):
 
 class Unsupported(PlatformError):
     """This kernel or file system does not offer the facility."""
+
+
+class ProcessGone(PlatformError):
+    """The process exited (or its pid was reused) before we could read or signal it."""
 
 
 class SinkError(YoroiError):
