@@ -14,8 +14,8 @@ Everything goes through ``ip`` (Debian package ``iproute2``) with argument lists
 The veth pair is created *inside* the first namespace with its peer moved straight into the
 second (``ip -n A link add ... peer name ... netns B``), so neither end nor its address ever
 appears on the host. Leaving the ``with`` block terminates the processes this object started
-(by pid, never by name) and deletes the namespace, also when the block raised; a namespace that
-was only *attached* (``create=False``) is left alone.
+(by pid, never by name), closes their pipes and deletes the namespace, also when the block
+raised; a namespace that was only *attached* (``create=False``) is left alone.
 
 Errors: no ``ip`` raises :class:`~yoroi.errors.Unsupported`; a caller without ``CAP_SYS_ADMIN``
 gets :class:`~yoroi.errors.PermissionDenied`; other refusals are
@@ -148,14 +148,15 @@ class NetNamespace:
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start a long-running process (a server) inside the namespace.
 
-        The process is terminated when the namespace object closes, if it still runs.
+        The process is terminated when the namespace object closes, if it still runs, and
+        the pipes opened for it are closed then.
         """
         process: subprocess.Popen[Any] = subprocess.Popen(self.exec_argv(argv), **kwargs)
         self._children.append(process)
         return process
 
     def stop_children(self) -> None:
-        """Terminate (then kill) every process :meth:`popen` started that still runs."""
+        """Terminate (then kill) what :meth:`popen` started, and close those processes' pipes."""
         for process in self._children:
             if process.poll() is None:
                 process.terminate()
@@ -164,6 +165,9 @@ class NetNamespace:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
         self._children.clear()
 
     def ip(self, *args: str) -> str:
