@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from yoroi.errors import PermissionDenied, PlatformError, Unsupported
+from yoroi.platform.fakes.nftables import FakeNftables
 from yoroi.platform.linux.netns import NetNamespace
 from yoroi.platform.linux.nftables import (
     IP_HINT,
@@ -185,3 +186,56 @@ def test_unprivileged_caller_gets_permission_denied(nft: Nftables) -> None:
     argv = [*nobody, sys.executable, "-c", UNPRIVILEGED, str(nft.netns)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert result.stdout.startswith(PermissionDenied.__name__), result.stderr
+
+
+FLUSH_TABLE = {"flush": {"table": {"family": "inet", "name": "yoroi"}}}
+SCENARIOS = {
+    "build": [[TABLE, CHAIN, SET, ELEMENTS, RULE]],
+    "flush table keeps sets": [[TABLE, CHAIN, SET, ELEMENTS, RULE], [FLUSH_TABLE]],
+    "orphan rule": [[TABLE, CHAIN], [SET, {"add": {"rule": {**T, "chain": "x", "expr": []}}}]],
+    "after a refusal": [
+        [TABLE, CHAIN],
+        [SET, {"add": {"rule": {**T, "chain": "x", "expr": []}}}],
+        [SET, {"insert": {"rule": {**T, "chain": "input", "expr": DROP_BANNED}}}],
+        [RULE, {"add": {"chain": {**T, "name": "later"}}}],
+    ],
+    "create existing": [[TABLE], [CHAIN, {"create": TABLE["add"]}]],
+    "delete chain with rules": [
+        [TABLE, CHAIN, SET, RULE],
+        [{"delete": {"chain": {**T, "name": "input"}}}],
+    ],
+    "chain jumped to": [
+        [TABLE, CHAIN, {"add": {"chain": {**T, "name": "x"}}}],
+        [{"add": {"rule": {**T, "chain": "input", "expr": [{"jump": {"target": "x"}}]}}}],
+        [{"delete": {"chain": {**T, "name": "x"}}}],
+    ],
+    "missing element": [
+        [TABLE, SET, ELEMENTS],
+        [{"delete": {"element": {**T, "name": "banned", "elem": ["192.0.2.8"]}}}],
+    ],
+}
+
+
+def _outcome(backend: NftablesBackend, batches: list[list[dict[str, Any]]]) -> Any:
+    """What a user sees: the listing without handles, and where each batch failed."""
+    failures = []
+    for commands in batches:
+        try:
+            backend.apply(commands)
+        except NftablesError as exc:
+            failures.append(exc.index)
+    items = backend.list_ruleset()["nftables"]
+    listing = [
+        {kind: {k: v for k, v in body.items() if k != "handle"}}
+        for item in items
+        for kind, body in item.items()
+        if kind != "metainfo"
+    ]
+    return listing, failures
+
+
+@pytest.mark.parametrize("batches", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_fake_twin_agrees_with_the_kernel(
+    nft: Nftables, batches: list[list[dict[str, Any]]]
+) -> None:
+    assert _outcome(FakeNftables(), batches) == _outcome(nft, batches)

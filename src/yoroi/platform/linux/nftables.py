@@ -230,7 +230,9 @@ class Nftables:
         _raise_for_environment(stderr, self.netns)
         errors = _error_lines(stderr)
         index = _reported_index(stderr)
-        if index is None and len(commands) > 1 and len(payload) <= _BISECT_LIMIT:
+        if index is None and len(commands) == 1:
+            index = 0
+        elif index is None and len(payload) <= _BISECT_LIMIT:
             index = self._locate(commands)
         raise _batch_error(errors, index, commands)
 
