@@ -10,7 +10,8 @@
   psutil lacks or hides: ``loginuid``, ``cgroup``, ``comm`` and the ``" (deleted)"`` mark on an
   executable whose file was removed (psutil strips it; a running binary deleted from disk is
   what droppers do, so :attr:`ProcessInfo.exe_deleted` keeps it, decided by the inode's link
-  count, not by the name).
+  count, not by the name; ``exe`` is then the path the file had). ``loginuid`` is None when
+  unset (4294967295); ``state`` is psutil's status name ("sleeping", "stopped", "zombie").
 - :meth:`children`, :meth:`descendants` and :meth:`parent_chain` walk the family from one scan
   of ``/proc/*/stat``; only processes (thread-group leaders) appear, never bare threads.
 - :meth:`signal` goes through a pidfd (``os.pidfd_open`` + ``signal.pidfd_send_signal``), and the
@@ -43,7 +44,7 @@ from typing import Protocol
 
 import psutil
 
-from yoroi.errors import ActionError, ActionRefused, PlatformError, ProcessGone
+from yoroi.errors import ActionError, ActionRefused, PermissionDenied, PlatformError, ProcessGone
 
 PROC = "/proc"
 LOGINUID_UNSET = 4294967295
@@ -164,6 +165,10 @@ def _scan() -> dict[int, _Stat]:
     return table
 
 
+def _ppids(table: Mapping[int, _Stat]) -> dict[int, int]:
+    return {pid: stat.ppid for pid, stat in table.items()}
+
+
 def _read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -220,6 +225,8 @@ class Processes:
             return self._read(pid)
         except psutil.NoSuchProcess as exc:
             raise ProcessGone(f"process {pid} does not exist (it exited)") from exc
+        except psutil.AccessDenied as exc:
+            raise PermissionDenied(f"reading process {pid} needs more privilege: {exc}") from exc
 
     def pids(self) -> list[int]:
         """Every process id now, ascending."""
@@ -232,7 +239,7 @@ class Processes:
 
     def descendants(self, pid: int) -> list[int]:
         """The whole subtree under ``pid`` (not ``pid`` itself), parents before children."""
-        return subtree(self._ppids(self._table(pid)), pid)[1:]
+        return subtree(_ppids(self._table(pid)), pid)[1:]
 
     def parent_chain(self, pid: int) -> list[ProcessInfo]:
         """The parent of ``pid``, its parent, ... up to pid 1; stops early if one exits."""
@@ -271,8 +278,8 @@ class Processes:
         """Freeze the family, SIGKILL every member (deepest first), wait ≤ ``timeout`` s."""
         held = self._freeze(pid)
         try:
-            killed = [p for p in reversed(held) if _send(held[p], signals.SIGKILL)]
-            _wait_exited(held.values(), timeout)
+            killed = [p for p in reversed(held) if _send(held[p][0], signals.SIGKILL)]
+            _wait_exited([fd for fd, _ in held.values()], timeout)
         finally:
             _close_all(held)
         return killed
@@ -282,7 +289,7 @@ class Processes:
         protected = _protected()
         self._refuse(pid, protected)
         table = self._table(pid)
-        members = [p for p in subtree(self._ppids(table), pid) if p not in protected]
+        members = [p for p in subtree(_ppids(table), pid) if p not in protected]
         return [p for p in reversed(members) if self._signal_known(p, table[p], signals.SIGCONT)]
 
     def _read(self, pid: int) -> ProcessInfo:
@@ -316,10 +323,6 @@ class Processes:
         return table
 
     @staticmethod
-    def _ppids(table: Mapping[int, _Stat]) -> dict[int, int]:
-        return {pid: stat.ppid for pid, stat in table.items()}
-
-    @staticmethod
     def _refuse(pid: int, protected: set[int]) -> None:
         error = refusal(pid, protected)
         if error is not None:
@@ -350,24 +353,27 @@ class Processes:
         finally:
             os.close(fd)
 
-    def _freeze(self, root: int) -> dict[int, int]:
-        """SIGSTOP the family top-down until a settled rescan finds no one new: pid -> pidfd."""
+    def _freeze(self, root: int) -> dict[int, tuple[int, int]]:
+        """SIGSTOP the family top-down until a settled rescan finds no one new.
+
+        Returns pid -> (pidfd, start time) in stop order; a pid seen again with another start
+        time was reused by a new process, which is stopped too.
+        """
         protected = _protected()
         self._refuse(root, protected)
         table = self._table(root)
-        held: dict[int, int] = {}
+        held: dict[int, tuple[int, int]] = {}
         settled = False
         try:
             for _ in range(_MAX_FREEZE_ROUNDS):
-                fresh = [p for p in subtree(self._ppids(table), root) if p not in held]
-                fresh = [p for p in fresh if p not in protected and p in table]
+                fresh = _unheld(table, root, held, protected)
                 if not fresh and settled:
                     return held
                 settled = not fresh
                 if settled:
                     _wait_stopped(held)
                 for pid in fresh:
-                    self._stop_one(pid, table[pid], held)
+                    self._stop_one(pid, table[pid].starttime, held)
                 table = _scan()
         except BaseException:
             _close_all(held)
@@ -375,14 +381,27 @@ class Processes:
         _close_all(held)
         raise ActionError(f"process tree of {root} kept growing while being stopped; retry")
 
-    def _stop_one(self, pid: int, stat: _Stat, held: dict[int, int]) -> None:
-        fd = self._pidfd(pid, stat.starttime)
+    def _stop_one(self, pid: int, starttime: int, held: dict[int, tuple[int, int]]) -> None:
+        fd = self._pidfd(pid, starttime)
         if fd is None:
             return
-        if _send(fd, signals.SIGSTOP):
-            held[pid] = fd
-        else:
+        if not _send(fd, signals.SIGSTOP):
             os.close(fd)
+            return
+        if pid in held:
+            os.close(held.pop(pid)[0])
+        held[pid] = (fd, starttime)
+
+
+def _unheld(
+    table: Mapping[int, _Stat], root: int, held: Mapping[int, tuple[int, int]], protected: set[int]
+) -> list[int]:
+    """Members of the family in ``table`` not stopped yet (a reused pid counts as new)."""
+    family = subtree(_ppids(table), root)
+    return [
+        p for p in family
+        if p in table and p not in protected and held.get(p, (0, -1))[1] != table[p].starttime
+    ]  # fmt: skip
 
 
 def _send(fd: int, sig: int) -> bool:
@@ -394,12 +413,12 @@ def _send(fd: int, sig: int) -> bool:
     return True
 
 
-def _close_all(held: Mapping[int, int]) -> None:
-    for fd in held.values():
+def _close_all(held: Mapping[int, tuple[int, int]]) -> None:
+    for fd, _ in held.values():
         os.close(fd)
 
 
-def _wait_stopped(held: Mapping[int, int], timeout: float = _SETTLE_S) -> None:
+def _wait_stopped(held: Mapping[int, object], timeout: float = _SETTLE_S) -> None:
     """Until every held process shows stopped (or dead); a task in D state may take longer."""
     deadline = time.monotonic() + timeout
     waiting = list(held)
