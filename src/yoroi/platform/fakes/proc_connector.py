@@ -15,14 +15,13 @@ readable when events are injected, so code that waits with ``select`` or
 
 from __future__ import annotations
 
-import select
 import socket
 import time
 from collections import deque
 from types import TracebackType
 
 from yoroi.errors import PlatformError
-from yoroi.platform.linux.proc_connector import LostEvent, ProcEvent
+from yoroi.platform.linux.proc_connector import LostEvent, ProcEvent, wait_readable
 
 
 class FakeProcConnector:
@@ -88,7 +87,7 @@ class FakeProcConnector:
         """Return the queued events, waiting up to ``timeout`` s (None: forever) for one."""
         reader = self._reader()
         if not self._queue and timeout != 0.0:
-            select.select([reader], [], [], timeout)
+            wait_readable(reader.fileno(), timeout)
         try:
             while reader.recv(4096):
                 pass

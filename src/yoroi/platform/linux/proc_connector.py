@@ -369,7 +369,7 @@ class ProcConnector:
         sock = self._socket()
         events, self._pending = self._pending, []
         if not events and timeout != 0.0:
-            select.select([sock], [], [], timeout)
+            wait_readable(sock.fileno(), timeout)
         for _ in range(_MAX_BATCH):
             buf = self._recv(sock)
             if buf is None:
@@ -423,7 +423,7 @@ class ProcConnector:
         sock = self._socket()
         deadline = time.monotonic() + _ACK_WAIT_S
         while (left := deadline - time.monotonic()) > 0:
-            if not select.select([sock], [], [], left)[0]:
+            if not wait_readable(sock.fileno(), left):
                 break
             buf = self._recv(sock)
             if buf is None:
@@ -440,6 +440,13 @@ class ProcConnector:
         if not any(isinstance(e, LostEvent) for e in self._pending):
             # the kernel answers every LISTEN it accepts at once; silence means it ignored us
             raise PermissionDenied(_NO_ANSWER)
+
+
+def wait_readable(fd: int, timeout: float | None) -> bool:
+    """Wait until ``fd`` is readable, up to ``timeout`` s (None: forever); poll has no fd cap."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
 
 
 def _check_ack(err: int) -> None:
