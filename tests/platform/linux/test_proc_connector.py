@@ -207,9 +207,10 @@ class TestRealKernel:
         assert "namespace" in out.stdout
 
 
-def _datagram(what: int, payload: bytes, idx: int = 1) -> bytes:
+def _datagram(what: int, payload: bytes, idx: int = 1, dlen: int | None = None) -> bytes:
     event = struct.pack("=IIQ", what, 1, 123456789) + payload
-    cn = struct.pack("=IIIIHH", idx, 1, 0, 0, len(event), 0) + event
+    size = len(event) if dlen is None else dlen
+    cn = struct.pack("=IIIIHH", idx, 1, 0, 0, size, 0) + event
     return struct.pack("=IHHII", 16 + len(cn), 3, 0, 0, 0) + cn
 
 
@@ -242,9 +243,11 @@ def test_decoding_any_bytes_never_crashes(buf: bytes) -> None:
 KINDS = [k.value for k in ProcEventKind if k is not ProcEventKind.LOST]
 
 
-@given(st.sampled_from([0, *KINDS]), st.binary(max_size=40))
-def test_any_payload_of_a_known_kind_decodes_or_is_skipped(what: int, payload: bytes) -> None:
-    for item in decode_datagram(_datagram(what, payload)):
+@given(st.sampled_from([0, *KINDS]), st.binary(max_size=40), st.none() | st.integers(0, 0xFFFF))
+def test_any_payload_of_a_known_kind_decodes_or_is_skipped(
+    what: int, payload: bytes, dlen: int | None
+) -> None:
+    for item in decode_datagram(_datagram(what, payload, dlen=dlen)):
         if isinstance(item, ProcEvent):
             assert item.kind.value == what and item.timestamp_ns == 123456789
 

@@ -301,6 +301,8 @@ def _decode_cn_msg(body: bytes) -> ProcEvent | _Ack | None:
     if (idx, val) != (CN_IDX_PROC, CN_VAL_PROC):
         return None
     data = body[_CN_MSG.size : _CN_MSG.size + dlen]
+    if len(data) < _PROC_EVENT_HEAD.size:
+        return None
     what, cpu, ts = _PROC_EVENT_HEAD.unpack_from(data)
     payload = data[_PROC_EVENT_HEAD.size :]
     if what == 0:
@@ -353,7 +355,7 @@ class ProcConnector:
             return
         try:
             self._send_op(PROC_CN_MCAST_IGNORE)
-        except OSError:
+        except (OSError, PlatformError):
             pass  # the socket goes anyway; the kernel drops our membership with it
         finally:
             self._sock.close()
