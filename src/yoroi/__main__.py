@@ -1,0 +1,5 @@
+"""``python -m yoroi`` is the ``yoroi`` command."""
+
+from yoroi.cli import main
+
+main()
