@@ -1,0 +1,503 @@
+"""fanotify: file events from the kernel, and the power to allow or deny file access.
+
+This is the one place Yoroi talks to fanotify(7). On-access scanning, integrity monitoring,
+behaviour monitoring and application control build on :class:`Fanotify` (or its fake twin
+:class:`yoroi.platform.fakes.fanotify.FakeFanotify`) through the :class:`FanotifyLike` protocol.
+
+Use::
+
+    with Fanotify(FanClass.CONTENT) as fan:           # permission events need CONTENT/PRE_CONTENT
+        fan.mark("/srv", FanMask.OPEN_PERM | FanMask.CLOSE_WRITE, kind="mount")
+        loop.add_reader(fan.fileno(), on_readable)    # or: while True: fan.read(timeout=1.0)
+        ...
+        for event in fan.read():
+            if event.overflow: ...                    # the kernel dropped events: rescan
+            if event.is_permission:
+                fan.respond_with(event, decide)       # decide(event) -> bool; raising = allow
+
+Events are immutable :class:`FanotifyEvent` objects: ``mask`` (a :class:`FanMask`, whose
+``names`` are the ``FAN_*`` words), ``pid`` of the acting process (a thread id with
+``FAN_REPORT_TID``), ``fd`` (``None`` in the FID reporting modes), and ``path``, resolved from
+the event descriptor through ``/proc/self/fd``, or with ``FAN_REPORT_DFID_NAME`` from the
+directory handle (``open_by_handle_at``) plus the entry name.
+
+Descriptor lifetime -- event descriptors are always closed by this class, never by the caller:
+
+* a permission event's ``fd`` (and ``pidfd``) stays open until it is answered: by
+  :meth:`Fanotify.respond`, by the deadman, or by :meth:`Fanotify.close`;
+* a notification event's descriptors stay open until the next :meth:`Fanotify.read`, or until
+  :meth:`Fanotify.release` -- ``os.dup`` the descriptor to keep it longer.
+
+The always-answer guarantee for permission events (a process waiting on an unanswered event
+hangs in the kernel):
+
+* every permission event returned by :meth:`read` is tracked until answered;
+* a deadman thread answers ALLOW to any event not decided within ``deadman_timeout`` seconds
+  (default 1 s), counts it in ``stats().deadman_allowed`` and calls ``on_deadman(event)`` so that
+  the caller can raise an alert;
+* :meth:`respond_with` answers ALLOW when the decision callback raises (logged and counted);
+* a second answer to the same event is ignored (``respond`` returns ``False``);
+* :meth:`close` answers ALLOW to every pending event before it closes the group descriptor.
+
+Errors: ``EPERM`` becomes :class:`~yoroi.errors.PermissionDenied`; a flag, event or mark kind
+that this kernel or file system refuses (``EINVAL``, ``ENOSYS``, ``EOPNOTSUPP``, ``ENODEV``,
+``EXDEV``) becomes :class:`~yoroi.errors.Unsupported` naming the flags; any other ``OSError``
+becomes :class:`~yoroi.errors.PlatformError`.
+
+Facts worth knowing (kernel 6.18): the FID reporting modes cannot be combined with the permission
+classes; ``FAN_PRE_ACCESS`` needs ``FanClass.PRE_CONTENT`` and a file system that supports it
+(ext4 and xfs do, tmpfs does not); ``FAN_MARK_MOUNT`` marks cannot carry directory-entry events
+(``CREATE``, ``DELETE``, ``MOVE*``, ``RENAME``); identical events on one file are merged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Protocol, Self
+
+from yoroi.errors import PlatformError
+from yoroi.platform.linux import _fanotify_abi as abi
+from yoroi.platform.linux._fanotify_abi import (
+    PERMISSION_EVENTS,
+    FanClass,
+    FanInit,
+    FanMask,
+    FanotifyEvent,
+    mask_names,
+)
+
+__all__ = [
+    "Fanotify",
+    "FanotifyEvent",
+    "FanotifyLike",
+    "FanotifyStats",
+    "FanClass",
+    "FanInit",
+    "FanMask",
+    "MarkKind",
+    "PERMISSION_EVENTS",
+    "PermissionGuard",
+    "mask_names",
+]
+
+log = logging.getLogger(__name__)
+
+MarkKind = Literal["inode", "mount", "filesystem"]
+_NO_FLAGS = FanInit(0)
+
+
+@dataclass(frozen=True, slots=True)
+class FanotifyStats:
+    """A snapshot of a group's counters; ``deadman_allowed`` > 0 deserves an alert."""
+
+    events: int = 0
+    overflows: int = 0
+    permission_events: int = 0
+    allowed: int = 0
+    denied: int = 0
+    deadman_allowed: int = 0
+    decision_errors: int = 0
+
+
+class PermissionGuard:
+    """Makes sure every tracked permission event gets exactly one answer.
+
+    ``send(event, response)`` delivers an answer (and closes the event's descriptors); it is
+    called at most once per event, under the guard's lock. A deadman answers ALLOW to events
+    older than ``timeout`` seconds: a daemon thread when ``thread`` is true, else whoever calls
+    :meth:`expire` (the fake twin, with its own ``clock``).
+    """
+
+    def __init__(
+        self,
+        send: Callable[[FanotifyEvent, int], None],
+        *,
+        timeout: float = 1.0,
+        on_deadman: Callable[[FanotifyEvent], None] | None = None,
+        thread: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"deadman timeout must be > 0 seconds, not {timeout!r}")
+        self._send = send
+        self._timeout = timeout
+        self._on_deadman = on_deadman
+        self._clock = clock
+        self._cond = threading.Condition()
+        # seq -> (deadline, event); insertion order is deadline order (one timeout, one clock).
+        self._pending: dict[int, tuple[float, FanotifyEvent]] = {}
+        self._counts = {"permission_events": 0, "allowed": 0, "denied": 0}
+        self._counts |= {"deadman_allowed": 0, "decision_errors": 0}
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="fanotify-deadman", daemon=True)
+            self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """How many tracked events still wait for an answer."""
+        with self._cond:
+            return len(self._pending)
+
+    def track(self, event: FanotifyEvent) -> None:
+        """Start the deadman clock for ``event``."""
+        with self._cond:
+            self._counts["permission_events"] += 1
+            self._pending[event.seq] = (self._clock() + self._timeout, event)
+            if self._closed:
+                self._answer_locked(event.seq, abi.FAN_ALLOW)
+            self._cond.notify()
+
+    def answer(self, event: FanotifyEvent, response: int) -> bool:
+        """Deliver ``response``; ``False`` if the event was already answered (or never tracked)."""
+        with self._cond:
+            return self._answer_locked(event.seq, response)
+
+    def decide(self, event: FanotifyEvent, decide: Callable[[FanotifyEvent], bool]) -> bool:
+        """Answer with ``decide(event)``, or ALLOW when it raises; return the verdict."""
+        try:
+            allow = bool(decide(event))
+        except Exception:
+            log.exception("fanotify decision for %s failed: allowing it", event.path)
+            with self._cond:
+                self._counts["decision_errors"] += 1
+            allow = True
+        self.answer(event, abi.FAN_ALLOW if allow else abi.FAN_DENY)
+        return allow
+
+    def expire(self) -> int:
+        """Answer ALLOW to every overdue event; return how many."""
+        with self._cond:
+            now = self._clock()
+            overdue = [event for deadline, event in self._pending.values() if deadline <= now]
+            for event in overdue:
+                self._answer_locked(event.seq, abi.FAN_ALLOW)
+                self._counts["deadman_allowed"] += 1
+        for event in overdue:
+            log.warning(
+                "fanotify deadman allowed %s (pid %d) after %ss",
+                event.path,
+                event.pid,
+                self._timeout,
+            )
+            if self._on_deadman is not None:
+                self._notify_deadman(event)
+        return len(overdue)
+
+    def close(self) -> None:
+        """Answer ALLOW to everything pending and stop the deadman; later events are allowed."""
+        with self._cond:
+            self._closed = True
+            for seq in list(self._pending):
+                self._answer_locked(seq, abi.FAN_ALLOW)
+            self._cond.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def counts(self) -> dict[str, int]:
+        """The counters, by :class:`FanotifyStats` field name."""
+        with self._cond:
+            return dict(self._counts)
+
+    def _answer_locked(self, seq: int, response: int) -> bool:
+        entry = self._pending.pop(seq, None)
+        if entry is None:
+            return False
+        self._counts["denied" if response & abi.FAN_DENY else "allowed"] += 1
+        try:
+            self._send(entry[1], response)
+        except Exception:
+            log.exception("fanotify answer %#x could not be delivered", response)
+        return True
+
+    def _notify_deadman(self, event: FanotifyEvent) -> None:
+        assert self._on_deadman is not None
+        try:
+            self._on_deadman(event)
+        except Exception:
+            log.exception("fanotify on_deadman callback failed")
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                self._cond.wait(self._next_wait())
+                if self._closed:
+                    return
+            self.expire()
+
+    def _next_wait(self) -> float | None:
+        if not self._pending:
+            return None
+        deadline, _ = next(iter(self._pending.values()))
+        return max(0.0, deadline - self._clock())
+
+
+class FanotifyLike(Protocol):
+    """What modules type against: satisfied by :class:`Fanotify` and ``FakeFanotify``."""
+
+    def fileno(self) -> int: ...
+
+    def mark(
+        self,
+        path: str | os.PathLike[str],
+        mask: int,
+        *,
+        kind: MarkKind = "inode",
+        remove: bool = False,
+        ignore: bool = False,
+        onlydir: bool = False,
+    ) -> None: ...
+
+    def read(self, timeout: float | None = None) -> list[FanotifyEvent]: ...
+
+    def respond(
+        self, event: FanotifyEvent, allow: bool, *, audit: bool = False, errno: int | None = None
+    ) -> bool: ...
+
+    def respond_with(
+        self, event: FanotifyEvent, decide: Callable[[FanotifyEvent], bool]
+    ) -> bool: ...
+
+    def release(self, event: FanotifyEvent) -> None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def stats(self) -> FanotifyStats: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Fanotify:
+    """A fanotify group: marks, decoded events, and guaranteed answers to permission events.
+
+    ``fan_class`` picks notification only (``NOTIF``) or permission events (``CONTENT``,
+    ``PRE_CONTENT``); ``flags`` adds ``FanInit`` options (``UNLIMITED_QUEUE``,
+    ``UNLIMITED_MARKS``, ``REPORT_DFID_NAME``, ``REPORT_FID``, ``REPORT_TID``,
+    ``REPORT_PIDFD``, ``ENABLE_AUDIT``). ``CLOEXEC`` and ``NONBLOCK`` are always set.
+    Needs CAP_SYS_ADMIN.
+    """
+
+    def __init__(
+        self,
+        fan_class: FanClass = FanClass.NOTIF,
+        flags: FanInit = _NO_FLAGS,
+        *,
+        deadman_timeout: float = 1.0,
+        on_deadman: Callable[[FanotifyEvent], None] | None = None,
+        buffer_size: int = 256 * 1024,
+    ) -> None:
+        self._flags = FanInit(flags | FanInit.CLOEXEC | FanInit.NONBLOCK)
+        self._fd = abi.init_group(fan_class, self._flags)
+        self._fid_mode = bool(self._flags & abi.FID_MODES)
+        self._buffer_size = buffer_size
+        self._mount_fds: dict[int, int] = {}
+        self._held: dict[int, tuple[int, ...]] = {}
+        self._seq = 0
+        self._events = 0
+        self._overflows = 0
+        self._closed = False
+        self._guard = PermissionGuard(
+            self._send,
+            timeout=deadman_timeout,
+            on_deadman=on_deadman,
+            thread=fan_class != FanClass.NOTIF,
+        )
+
+    def fileno(self) -> int:
+        """The group descriptor, readable when events wait (for ``loop.add_reader``)."""
+        return self._fd
+
+    def mark(
+        self,
+        path: str | os.PathLike[str],
+        mask: int,
+        *,
+        kind: MarkKind = "inode",
+        remove: bool = False,
+        ignore: bool = False,
+        onlydir: bool = False,
+    ) -> None:
+        """Add (or ``remove``) ``mask`` on the inode, mount or file system holding ``path``.
+
+        ``ignore`` sets an ignore mark (events in ``mask`` are not reported for it; it survives
+        modification); ``onlydir`` refuses a ``path`` that is not a directory.
+        """
+        flags = abi.MARK_REMOVE if remove else abi.MARK_ADD
+        flags |= abi.MARK_KINDS[kind]
+        if ignore:
+            flags |= abi.MARK_IGNORE | abi.MARK_IGNORED_SURV_MODIFY
+        if onlydir:
+            flags |= abi.MARK_ONLYDIR
+        path = os.fspath(path)
+        try:
+            abi.fanotify_mark(self._fd, flags, int(mask), path)
+        except OSError as exc:
+            raise abi.mark_error(exc, path, mask, kind) from exc
+        if self._fid_mode and not remove:
+            self._remember_mount(path)
+
+    def read(self, timeout: float | None = None) -> list[FanotifyEvent]:
+        """The events waiting now (possibly none); with ``timeout``, wait up to that long first.
+
+        Closes the descriptors of the notification events of the previous call.
+        """
+        if self._closed:
+            raise PlatformError("this fanotify group is closed: create a new Fanotify")
+        self._release_held()
+        if timeout is not None and not select.select([self._fd], [], [], timeout)[0]:
+            return []
+        try:
+            buf = os.read(self._fd, self._buffer_size)
+        except BlockingIOError:
+            return []
+        except OSError as exc:
+            raise PlatformError(f"reading fanotify events failed: {exc.strerror}") from exc
+        try:
+            raws = abi.iter_events(buf)
+        except ValueError as exc:
+            raise PlatformError(f"undecodable fanotify event buffer: {exc}") from exc
+        return [self._build(raw) for raw in raws]
+
+    def respond(
+        self, event: FanotifyEvent, allow: bool, *, audit: bool = False, errno: int | None = None
+    ) -> bool:
+        """Answer a permission event: ALLOW or DENY (optionally ``FAN_AUDIT``, and ``errno``
+        for the denied call on kernels with FAN_DENY_ERRNO, else plain DENY).
+
+        Returns ``False`` (and does nothing) when the event was already answered or is not a
+        permission event.
+        """
+        response = abi.FAN_ALLOW if allow else abi.deny_response(errno)
+        if audit:
+            response |= abi.FAN_AUDIT
+        return self._guard.answer(event, response)
+
+    def respond_with(self, event: FanotifyEvent, decide: Callable[[FanotifyEvent], bool]) -> bool:
+        """Answer ``event`` with ``decide(event)``; ALLOW if ``decide`` raises. Returns the
+        verdict (True = allowed)."""
+        return self._guard.decide(event, decide)
+
+    def release(self, event: FanotifyEvent) -> None:
+        """Close a notification event's descriptors now rather than at the next ``read``."""
+        for fd in self._held.pop(event.seq, ()):
+            os.close(fd)
+
+    @property
+    def pending(self) -> int:
+        """How many permission events are read but not yet answered."""
+        return self._guard.pending
+
+    def stats(self) -> FanotifyStats:
+        """Counters since the group was created."""
+        return FanotifyStats(events=self._events, overflows=self._overflows, **self._guard.counts())
+
+    def close(self) -> None:
+        """Answer ALLOW to every pending permission event, then close every descriptor."""
+        if self._closed:
+            return
+        self._closed = True
+        self._guard.close()
+        self._release_held()
+        for fd in self._mount_fds.values():
+            os.close(fd)
+        self._mount_fds.clear()
+        os.close(self._fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
+
+    def _send(self, event: FanotifyEvent, response: int) -> None:
+        assert event.fd is not None
+        try:
+            self._write_response(event.fd, response)
+        finally:
+            for fd in (event.fd, event.pidfd):
+                if fd is not None and fd >= 0:
+                    os.close(fd)
+
+    def _write_response(self, fd: int, response: int) -> None:
+        try:
+            os.write(self._fd, abi.pack_response(fd, response))
+        except OSError as exc:
+            plain = response & (abi.FAN_ALLOW | abi.FAN_DENY)
+            if plain == response:
+                log.error("fanotify refused the answer %#x to fd %d: %s", response, fd, exc)
+                return
+            # An older kernel refuses FAN_DENY_ERRNO/FAN_AUDIT: the event still needs its answer.
+            log.warning("fanotify refused response %#x (%s); answering %#x", response, exc, plain)
+            self._write_response(fd, plain)
+
+    def _build(self, raw: abi.RawEvent) -> FanotifyEvent:
+        self._seq += 1
+        self._events += 1
+        event = abi.event_from_raw(self._seq, raw, self._open_handle)
+        if event.overflow:
+            self._overflows += 1
+        if event.is_permission and event.fd is not None:
+            self._guard.track(event)
+        else:
+            fds = tuple(fd for fd in (event.fd, event.pidfd) if fd is not None and fd >= 0)
+            if fds:
+                self._held[event.seq] = fds
+        return event
+
+    def _release_held(self) -> None:
+        for fds in self._held.values():
+            for fd in fds:
+                os.close(fd)
+        self._held.clear()
+
+    def _remember_mount(self, path: str) -> None:
+        # open_by_handle_at refuses O_PATH descriptors as mount_fd: open a directory for real.
+        directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fsid = os.fstatvfs(fd).f_fsid
+        if fsid in self._mount_fds:
+            os.close(fd)
+        else:
+            self._mount_fds[fsid] = fd
+
+    def _open_handle(self, fid: abi.FileId) -> str | None:
+        mount_fd = self._mount_fds.get(fid.fsid)
+        if mount_fd is None:
+            return None
+        try:
+            fd = abi.open_by_handle_at(mount_fd, fid.handle, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None  # deleted meanwhile (ESTALE): the path cannot be known any more
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
