@@ -43,6 +43,8 @@ package.
 :meth:`~DpkgDatabase.verify` compares the MD5 dpkg recorded (``.md5sums``, or the status
 file's ``Conffiles`` for configuration files) with the file on disk; the last path component is
 not followed if it is a symlink (a package's regular file replaced by a link is a change).
+Directories above it are resolved by the kernel, so with a ``root`` other than ``/`` an
+absolute symlink inside that tree points at the host's file, not the tree's.
 :class:`yoroi.platform.fakes.dpkg.FakeDpkgDatabase` is the in-memory twin for unit tests.
 """
 
@@ -62,16 +64,8 @@ from typing import Protocol, runtime_checkable
 
 from yoroi.errors import PermissionDenied, PlatformError
 
-ON_DISK_STATES = frozenset(
-    {
-        "installed",
-        "unpacked",
-        "half-configured",
-        "half-installed",
-        "triggers-awaited",
-        "triggers-pending",
-    }
-)
+_INSTALLED = ("installed", "triggers-awaited", "triggers-pending")
+ON_DISK_STATES = frozenset({*_INSTALLED, "unpacked", "half-configured", "half-installed"})
 _WANTED = frozenset(
     {"package", "status", "architecture", "version", "multi-arch", "source", "conffiles"}
 )
@@ -119,7 +113,7 @@ class Package:
     @property
     def installed(self) -> bool:
         """Fully installed (configured, possibly with triggers pending)."""
-        return self.state in ("installed", "triggers-awaited", "triggers-pending")
+        return self.state in _INSTALLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +216,9 @@ class DpkgDatabase:
 
     @cached_property
     def _status(self) -> dict[str, Package]:
-        try:
-            raw = (self.admindir / "status").read_bytes()
-        except FileNotFoundError as exc:
-            raise PlatformError(f"no dpkg database at {self.admindir}: {exc}") from exc
+        raw = _read_bytes(self.admindir / "status")
+        if raw is None:
+            raise PlatformError(f"no dpkg database at {self.admindir} (no status file)")
         packages: dict[str, Package] = {}
         for paragraph in _PARAGRAPHS.split(raw.decode("utf-8", "surrogateescape")):
             if not paragraph.strip():
@@ -348,11 +341,19 @@ class DpkgDatabase:
             return hashlib.file_digest(file, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PlatformError(f"cannot read the dpkg database file {path}: {exc}") from exc
+
+
 def _read_lines(path: Path) -> list[str] | None:
     """Non-empty lines of a database file (paths kept byte-exact), or None when it is absent."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    raw = _read_bytes(path)
+    if raw is None:
         return None
     return [line for line in raw.decode("utf-8", "surrogateescape").split("\n") if line]
 
