@@ -6,7 +6,8 @@ VENV      := .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 # Debian packages the agent and the test suite use (installed only when root).
-DEB_PKGS  := nftables iproute2 e2fsprogs util-linux kmod procps openssl
+DEB_PKGS  := nftables iproute2 e2fsprogs util-linux kmod procps openssl \
+             libarchive13 clamav-testfiles yara
 PYTEST_ARGS ?=
 
 .PHONY: install deb-packages run test lint typecheck clean
