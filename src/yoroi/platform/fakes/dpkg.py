@@ -101,8 +101,13 @@ class FakeDpkgDatabase:
 
     def verify(self, path: str) -> bool | None:
         """Whether ``disk[path]`` matches a recorded MD5; None when none is recorded."""
-        expected = {self.md5sums(key).get(path) for key in self.owner(path)} - {None}
+        expected = self.recorded_md5s(path)
         if not expected:
             return None
         content = self.disk.get(path)
         return content is not None and md5(content) in expected
+
+    def recorded_md5s(self, path: str) -> frozenset[str]:
+        """The MD5s recorded for ``path`` by the packages owning it."""
+        found = {self.md5sums(key).get(path) for key in self.owner(path)}
+        return frozenset(m for m in found if m is not None)

@@ -149,6 +149,10 @@ class PackageDatabase(Protocol):
         """Whether the file on disk matches the recorded MD5; None when nothing is recorded."""
         ...
 
+    def recorded_md5s(self, path: str) -> frozenset[str]:
+        """The MD5s the owning packages recorded for ``path`` (empty: not a package file)."""
+        ...
+
 
 class DpkgDatabase:
     """The dpkg database of the system at ``root`` (``admindir`` defaults to var/lib/dpkg)."""
@@ -204,11 +208,19 @@ class DpkgDatabase:
         None when no package records a checksum for ``path`` (unowned files, directories,
         symlinks). Raises :class:`~yoroi.errors.PermissionDenied` when the file is unreadable.
         """
-        expected = {self.md5sums(key).get(recorded) for key, recorded in self._records(path)}
-        expected.discard(None)
+        expected = self.recorded_md5s(path)
         if not expected:
             return None
         return self._disk_md5(path) in expected
+
+    def recorded_md5s(self, path: str) -> frozenset[str]:
+        """The MD5s the owning packages recorded for ``path`` (empty: not a package file).
+
+        A scanner that has hashed the file already compares with these instead of
+        :meth:`verify`, which reads the file again.
+        """
+        found = {self.md5sums(key).get(recorded) for key, recorded in self._records(path)}
+        return frozenset(m for m in found if m is not None)
 
     def diversions(self) -> dict[str, Diversion]:
         """Active diversions, keyed by the diverted path."""
