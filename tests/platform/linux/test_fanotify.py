@@ -16,6 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,19 @@ class Listener:
                     self.fan.respond_with(event, self.decide)
 
 
+@contextmanager
+def watchdog(fan: Fanotify, seconds: float = 30.0) -> Iterator[Fanotify]:
+    """Close ``fan`` after ``seconds`` if the block has not ended: closing the group releases
+    every waiting opener, this process included, so a bug can never hang the suite."""
+    timer = threading.Timer(seconds, fan.close)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fan
+    finally:
+        timer.cancel()
+
+
 def make_files(directory: Path, count: int) -> list[Path]:
     paths = [directory / f"f{i:05d}" for i in range(count)]
     for path in paths:
@@ -121,7 +135,7 @@ def files(tmpfs_mount: Path) -> list[Path]:
 @pytest.fixture
 def content_group(tmpfs_mount: Path, files: list[Path]) -> Iterator[Fanotify]:
     """A permission (CONTENT) group with FAN_OPEN_PERM on the test tmpfs only."""
-    with Fanotify(FanClass.CONTENT, deadman_timeout=5.0) as fan:
+    with Fanotify(FanClass.CONTENT, deadman_timeout=5.0) as fan, watchdog(fan):
         fan.mark(tmpfs_mount, FanMask.OPEN_PERM, kind="filesystem")
         yield fan
 
@@ -219,7 +233,8 @@ def test_a_raising_decision_still_allows(content_group: Fanotify, files: list[Pa
 def test_deadman_allows_a_decision_that_never_comes(tmpfs_mount: Path) -> None:
     (path,) = make_files(tmpfs_mount, 1)
     overdue: list[FanotifyEvent] = []
-    with Fanotify(FanClass.CONTENT, deadman_timeout=0.3, on_deadman=overdue.append) as fan:
+    group = Fanotify(FanClass.CONTENT, deadman_timeout=0.3, on_deadman=overdue.append)
+    with group as fan, watchdog(fan):
         fan.mark(tmpfs_mount, FanMask.OPEN_PERM, kind="filesystem")
         with Listener(fan, decide=None):
             started = time.monotonic()
@@ -239,7 +254,7 @@ def test_close_releases_a_waiting_opener(tmpfs_mount: Path) -> None:
         (event,) = fan.read(timeout=10)
         assert fan.pending == 1 and event.pid == child.pid
     finally:
-        fan.close()
+        fan.close()  # the event is still pending: close must answer it
     assert finish_child(child, timeout=5) == {str(path): 0}
     assert fan.stats().allowed == 1
     assert fan.respond(event, allow=False) is False  # a late answer is ignored
@@ -262,7 +277,7 @@ def test_pre_access_on_ext4_reports_the_range(ext4_mount: Path) -> None:
         fan = Fanotify(FanClass.PRE_CONTENT, deadman_timeout=5)
     except Unsupported as exc:
         pytest.skip(f"no pre-content class here: {exc}")
-    with fan:
+    with fan, watchdog(fan):
         try:
             fan.mark(ext4_mount, FanMask.PRE_ACCESS, kind="filesystem")
         except Unsupported as exc:
