@@ -10,6 +10,7 @@ import asyncio
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -20,8 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from yoroi.errors import Unsupported
+from yoroi.platform.linux import _fanotify_abi as abi
 from yoroi.platform.linux.fanotify import (
     FanClass,
     FanInit,
@@ -29,12 +33,21 @@ from yoroi.platform.linux.fanotify import (
     Fanotify,
     FanotifyEvent,
     FanotifyLike,
+    PermissionGuard,
+    mask_names,
 )
 
-pytestmark = [
+ROOT = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root (CAP_SYS_ADMIN)"),
 ]
+
+
+def needs_root(test: Callable[..., object]) -> Callable[..., object]:
+    for mark in ROOT:
+        test = mark(test)
+    return test
+
 
 CHILD_TIMEOUT = 20.0
 
@@ -140,6 +153,7 @@ def content_group(tmpfs_mount: Path, files: list[Path]) -> Iterator[Fanotify]:
         yield fan
 
 
+@needs_root
 def test_takes_10000_events_on_a_tmpfs_without_loss(tmpfs_mount: Path) -> None:
     flags = FanInit.REPORT_DFID_NAME | FanInit.UNLIMITED_QUEUE
     masks: dict[str, int] = defaultdict(int)
@@ -163,6 +177,7 @@ def test_takes_10000_events_on_a_tmpfs_without_loss(tmpfs_mount: Path) -> None:
     assert set(masks.values()) == {FanMask.CREATE | FanMask.CLOSE_WRITE}
 
 
+@needs_root
 def test_reports_path_and_pid_and_closes_event_fds(tmpfs_mount: Path) -> None:
     target = tmpfs_mount / "report.txt"
     before = open_fd_count()
@@ -179,6 +194,7 @@ def test_reports_path_and_pid_and_closes_event_fds(tmpfs_mount: Path) -> None:
     assert open_fd_count() == before
 
 
+@needs_root
 def test_reports_dfid_name_for_create_delete_and_rename(tmpfs_mount: Path) -> None:
     (tmpfs_mount / "d").mkdir()
     with Fanotify(flags=FanInit.REPORT_DFID_NAME | FanInit.REPORT_FID) as fan:
@@ -198,6 +214,7 @@ def test_reports_dfid_name_for_create_delete_and_rename(tmpfs_mount: Path) -> No
     assert all(e.fd is None and e.handle for e in events)
 
 
+@needs_root
 def test_answers_every_permission_event(content_group: Fanotify, files: list[Path]) -> None:
     paths = files
     with Listener(content_group, lambda event: True) as listener:
@@ -211,6 +228,7 @@ def test_answers_every_permission_event(content_group: Fanotify, files: list[Pat
     assert content_group.pending == 0
 
 
+@needs_root
 def test_deny_gives_the_opener_eperm(content_group: Fanotify, files: list[Path]) -> None:
     good, bad = files[:2]
     with Listener(content_group, lambda event: event.path != str(bad)):
@@ -219,6 +237,7 @@ def test_deny_gives_the_opener_eperm(content_group: Fanotify, files: list[Path])
     assert content_group.stats().denied == 1
 
 
+@needs_root
 def test_a_raising_decision_still_allows(content_group: Fanotify, files: list[Path]) -> None:
     paths = files[:3]
 
@@ -230,6 +249,7 @@ def test_a_raising_decision_still_allows(content_group: Fanotify, files: list[Pa
     assert content_group.stats().decision_errors == 3
 
 
+@needs_root
 def test_deadman_allows_a_decision_that_never_comes(tmpfs_mount: Path) -> None:
     (path,) = make_files(tmpfs_mount, 1)
     overdue: list[FanotifyEvent] = []
@@ -245,6 +265,7 @@ def test_deadman_allows_a_decision_that_never_comes(tmpfs_mount: Path) -> None:
         assert fan.pending == 0
 
 
+@needs_root
 def test_close_releases_a_waiting_opener(tmpfs_mount: Path) -> None:
     (path,) = make_files(tmpfs_mount, 1)
     fan = Fanotify(FanClass.CONTENT, deadman_timeout=60)
@@ -260,6 +281,7 @@ def test_close_releases_a_waiting_opener(tmpfs_mount: Path) -> None:
     assert fan.respond(event, allow=False) is False  # a late answer is ignored
 
 
+@needs_root
 def test_double_answers_are_ignored(content_group: Fanotify, files: list[Path]) -> None:
     path = files[0]
     child = start_child(opener([path]))
@@ -270,6 +292,7 @@ def test_double_answers_are_ignored(content_group: Fanotify, files: list[Path]) 
     assert content_group.stats().denied == 0
 
 
+@needs_root
 def test_pre_access_on_ext4_reports_the_range(ext4_mount: Path) -> None:
     path = ext4_mount / "content.bin"
     path.write_bytes(b"x" * 8192)
@@ -289,16 +312,19 @@ def test_pre_access_on_ext4_reports_the_range(ext4_mount: Path) -> None:
     assert all(e.range is not None for e in pre)
 
 
+@needs_root
 def test_pre_access_on_tmpfs_is_unsupported_naming_the_flag(tmpfs_mount: Path) -> None:
     with Fanotify(FanClass.PRE_CONTENT) as fan, pytest.raises(Unsupported, match="PRE_ACCESS"):
         fan.mark(tmpfs_mount, FanMask.PRE_ACCESS)
 
 
+@needs_root
 def test_fid_reporting_with_a_permission_class_names_the_flag() -> None:
     with pytest.raises(Unsupported, match="FAN_REPORT_FID"):
         Fanotify(FanClass.CONTENT, FanInit.REPORT_FID)
 
 
+@needs_root
 def test_queue_overflow_surfaces_as_a_flagged_event(tmpfs_mount: Path) -> None:
     with Fanotify(flags=FanInit.REPORT_DFID_NAME) as fan:
         fan.mark(tmpfs_mount, FanMask.CREATE, kind="filesystem")
@@ -311,6 +337,7 @@ def test_queue_overflow_surfaces_as_a_flagged_event(tmpfs_mount: Path) -> None:
     assert fan.stats().overflows == 1
 
 
+@needs_root
 async def test_plugs_into_asyncio(tmpfs_mount: Path) -> None:
     loop = asyncio.get_running_loop()
     got: asyncio.Queue[FanotifyEvent] = asyncio.Queue()
@@ -323,3 +350,85 @@ async def test_plugs_into_asyncio(tmpfs_mount: Path) -> None:
         finally:
             loop.remove_reader(fan.fileno())
     assert event.path == str(tmpfs_mount / "async.txt") and event.pid == os.getpid()
+
+
+# Decoding and the guard, without the kernel.
+
+# One real event read on this machine: FAN_CREATE|FAN_MODIFY|FAN_CLOSE_WRITE merged, with a
+# DFID_NAME record for "hello" (FAN_REPORT_DFID_NAME, so no descriptor).
+CAPTURED = bytes.fromhex(
+    "40000000030018000a01000000000000ffffffffd5110000"
+    "02002800a3652a2b5424844c0c000000010000005efd3889010000000000000068656c6c6f000000"
+)
+
+
+def metadata(mask: int, fd: int = -1, pid: int = 7, records: bytes = b"") -> bytes:
+    return struct.pack("=IBBHQii", 24 + len(records), 3, 0, 24, mask, fd, pid) + records
+
+
+def test_decodes_a_captured_dfid_name_event() -> None:
+    (raw,) = abi.iter_events(CAPTURED)
+    event = abi.event_from_raw(1, raw, lambda fid: "/mnt" if fid.name == "hello" else None)
+    assert event.names == ("FAN_MODIFY", "FAN_CLOSE_WRITE", "FAN_CREATE")
+    assert (event.fd, event.pid, event.name, event.path) == (None, 0x11D5, "hello", "/mnt/hello")
+    assert event.fsid == 0x4C8424542B2A65A3 and len(event.handle or b"") == 20
+
+
+def test_overflow_is_a_flagged_event() -> None:
+    (raw,) = abi.iter_events(metadata(FanMask.Q_OVERFLOW, pid=0))
+    event = abi.event_from_raw(1, raw, lambda fid: None)
+    assert event.overflow and not event.is_permission
+    assert (event.names, event.fd, event.path) == (("FAN_Q_OVERFLOW",), None, None)
+
+
+def test_decodes_pidfd_range_and_error_records() -> None:
+    pidfd = struct.pack("=BBHi", 4, 0, 8, -2)
+    rng = struct.pack("=BBHIQQ", 6, 0, 24, 0, 4096, 512)
+    error = struct.pack("=BBHiI", 5, 0, 12, errno.EIO, 3)
+    (raw,) = abi.iter_events(metadata(FanMask.PRE_ACCESS, records=pidfd + rng + error))
+    event = abi.event_from_raw(1, raw, lambda fid: None)
+    assert event.is_permission and event.pidfd is None  # FAN_EPIDFD: the process is gone
+    assert (event.range, event.error) == ((4096, 512), (errno.EIO, 3))
+
+
+def test_mask_names_keep_unknown_bits() -> None:
+    assert mask_names(FanMask.OPEN_PERM | FanMask.ONDIR | 0x80000000) == (
+        "FAN_OPEN_PERM",
+        "FAN_ONDIR",
+        "0x80000000",
+    )
+
+
+@given(st.binary(max_size=200), st.binary(max_size=200))
+def test_decoding_garbage_raises_only_value_error(head: bytes, tail: bytes) -> None:
+    for buf in (head, metadata(int.from_bytes(head[:8] or b"\0", "little"), records=tail)):
+        try:
+            abi.iter_events(buf)
+        except ValueError:
+            pass
+
+
+def test_guard_deadman_thread_allows_late_events_once() -> None:
+    answers: list[tuple[int, int]] = []
+    overdue: list[FanotifyEvent] = []
+    guard = PermissionGuard(
+        lambda event, response: answers.append((event.seq, response)),
+        timeout=0.05,
+        on_deadman=overdue.append,
+    )
+    events = [FanotifyEvent(seq=n, mask=FanMask.OPEN_PERM, pid=1, fd=100 + n) for n in (1, 2, 3)]
+    for event in events:
+        guard.track(event)
+    assert guard.answer(events[1], abi.deny_response(None)) is True
+    deadline = time.monotonic() + 5
+    while guard.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    guard.close()
+    assert sorted(answers) == [(1, abi.FAN_ALLOW), (2, abi.FAN_DENY), (3, abi.FAN_ALLOW)]
+    assert [e.seq for e in overdue] == [1, 3]
+    assert guard.answer(events[0], abi.FAN_DENY) is False
+    assert guard.counts()["deadman_allowed"] == 2
+
+
+def test_deny_errno_is_packed_in_the_top_byte() -> None:
+    assert abi.deny_response(errno.EIO) == abi.FAN_DENY | errno.EIO << 24

@@ -37,7 +37,13 @@ hangs in the kernel):
   the caller can raise an alert;
 * :meth:`respond_with` answers ALLOW when the decision callback raises (logged and counted);
 * a second answer to the same event is ignored (``respond`` returns ``False``);
-* :meth:`close` answers ALLOW to every pending event before it closes the group descriptor.
+* :meth:`close` answers ALLOW to every pending event before it closes the group descriptor
+  (closing the group also releases openers whose events were never read).
+
+What the guard cannot cover: an event that nobody reads. Keep a reader running while a
+permission mark exists, and never open files under such a mark from the thread that reads --
+the reading process is not exempt from its own marks (the opener would wait on itself).
+``read()`` and ``close()`` belong to one thread; ``respond`` may be called from any thread.
 
 Errors: ``EPERM`` becomes :class:`~yoroi.errors.PermissionDenied`; a flag, event or mark kind
 that this kernel or file system refuses (``EINVAL``, ``ENOSYS``, ``EOPNOTSUPP``, ``ENODEV``,
@@ -306,6 +312,8 @@ class Fanotify:
         on_deadman: Callable[[FanotifyEvent], None] | None = None,
         buffer_size: int = 256 * 1024,
     ) -> None:
+        if not deadman_timeout > 0:
+            raise ValueError(f"deadman_timeout must be > 0 seconds, not {deadman_timeout!r}")
         self._flags = FanInit(flags | FanInit.CLOEXEC | FanInit.NONBLOCK)
         self._fd = abi.init_group(fan_class, self._flags)
         self._fid_mode = bool(self._flags & abi.FID_MODES)
