@@ -36,7 +36,7 @@ def test_help_lists_every_module(tmp_path: Path) -> None:
         assert f"  {command} " in result.stdout, command
 
 
-@pytest.mark.parametrize("argv", [["scan", "/tmp", "--json"], ["firewall", "status"],
+@pytest.mark.parametrize("argv", [["logs", "replay", "/tmp/x", "--json"], ["firewall", "status"],
                                   ["manager", "run", "--listen", "127.0.0.1:1"]])
 def test_module_not_built_says_so_in_one_line(tmp_path: Path, argv: list[str]) -> None:
     result = run(*argv, home=tmp_path)

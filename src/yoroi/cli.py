@@ -8,6 +8,7 @@ output on stdout.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import sys
@@ -24,8 +25,27 @@ from yoroi.modules import CATALOG, module_classes, policy_sections
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 
 
+# Module commands, imported only when used so that `yoroi --version` stays fast.
+LAZY_COMMANDS = {
+    "scan": "yoroi.modules.antimalware.cli:scan_command",
+    "quarantine": "yoroi.modules.antimalware.quarantine_cli:quarantine",
+}
+
+
 class YoroiGroup(click.Group):
     """Turns every Yoroi error into one line on stderr and exit status 2."""
+
+    lazy: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module_name, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -148,10 +168,11 @@ def _add_stubs() -> None:
     planned = [(cmd, i.title, i.issue) for i in CATALOG for cmd in i.commands]
     planned.append(("manager", "The manager: enrollment, policies, events, console, API", 10))
     for command, title, issue in planned:
-        if command not in cli.commands:
+        if command not in LAZY_COMMANDS:
             cli.add_command(_not_built(command, title, issue))
 
 
+cli.lazy = LAZY_COMMANDS
 _add_stubs()
 
 

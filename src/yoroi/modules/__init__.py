@@ -41,8 +41,10 @@ CATALOG: tuple[ModuleInfo, ...] = (
 
 
 def default_modules() -> dict[str, type[Module]]:
-    """The built-in modules of this version, by policy-section name."""
-    return {}
+    """The built-in modules of this version, by policy-section name (imported on demand)."""
+    from yoroi.modules.antimalware.module import AntimalwareModule
+
+    return {"antimalware": AntimalwareModule}
 
 
 def module_classes() -> dict[str, type[Module]]:
