@@ -30,10 +30,10 @@ def flat_view(event: Event) -> dict[str, Scalar]:
 
 
 def first(flat: dict[str, Scalar], keys: Sequence[str]) -> Scalar:
-    """The value of the first of ``keys`` present (and not None) in ``flat``."""
+    """The value of the first of ``keys`` present in ``flat`` (None and "" count as absent)."""
     for key in keys:
         value = flat.get(key)
-        if value is not None:
+        if value is not None and value != "":
             return value
     return None
 
