@@ -12,6 +12,7 @@ turns any of them into one clear line on stderr and exit status 2, never a trace
     │   ├── PermissionDenied   ... because the caller lacks a privilege (CAP_SYS_ADMIN, root)
     │   ├── Unsupported        ... because this kernel or file system lacks the facility
     │   └── ProcessGone        ... because the process exited meanwhile
+    ├── ScanError              a file could not be scanned (the scan goes on: verdict "error")
     ├── SinkError              an event sink cannot write (the bus counts and retries)
     ├── ActionError            the responder could not carry out an action
     │   └── ActionRefused      ... because policy or a safety rule forbids it
@@ -67,6 +68,10 @@ class Unsupported(PlatformError):
 
 class ProcessGone(PlatformError):
     """The process exited (or its pid was reused) before we could read or signal it."""
+
+
+class ScanError(YoroiError):
+    """A file could not be scanned (YARA refused it, it timed out); the scan goes on."""
 
 
 class SinkError(YoroiError):
