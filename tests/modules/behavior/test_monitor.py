@@ -299,3 +299,22 @@ def test_two_thousand_quick_operations_none_lost(
     }
     renames = {e.old_path: e.path for e in recorder.of(pid) if e.activity is Activity.RENAME}
     assert renames[f"{ext4_mount}/f7"] == f"{ext4_mount}/g7"
+
+
+def test_a_long_lived_writer_is_reported_before_it_closes(
+    tmpfs_mount: Path, start_monitor: MonitorFactory
+) -> None:
+    recorder = Recorder()
+    start_monitor([tmpfs_mount], recorder, open_write_delay=0.2)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; f = open('log', 'w'); f.write('x'); f.flush();"
+         "sys.stdin.read(); f.close()"],
+        cwd=tmpfs_mount, stdin=subprocess.PIPE,
+    )
+    try:
+        recorder.wait_for(lambda: any(e.activity is Activity.WRITE for e in recorder.events))
+        assert [e.activity for e in recorder.of(proc.pid)] == [Activity.CREATE, Activity.WRITE]
+    finally:
+        proc.communicate(b"", timeout=CHILD_TIMEOUT)
+    recorder.wait_for(lambda: len(recorder.of(proc.pid)) == 3)
+    assert [e.activity for e in recorder.of(proc.pid)][-1] is Activity.WRITE

@@ -6,13 +6,11 @@ Each copy is *claimed* by the processes (pids) whose access caused it: ``records
 finds the copies of a process family, ``release(pids)`` drops the claims of processes judged
 honest (a copy nobody claims any more is deleted), ``expire(predicate)`` drops copies outright.
 
-Layout under ``root`` (0700, files 0600)::
-
-    index.sqlite3          one row per copy, one row per (copy, pid) claim
-    blobs/<id>             the copied content
+Layout under ``root`` (0700, files 0600): ``index.sqlite3`` (copies, and (copy, pid) claims),
+``blobs/<id>`` (content).
 
 Content is read from a descriptor the caller hands over (the fanotify event's own descriptor:
-see :mod:`yoroi.modules.behavior.monitor`), never by opening the original path. A copy over
+see :mod:`yoroi.modules.behavior.prewrite`), never by opening the original path. A copy over
 ``max_file_size``, or one that would take the store over ``budget_bytes``, is refused: ``keep``
 then returns a :class:`Refusal` and publishes nothing itself -- the caller turns it into an
 event. Copies are not fsync'ed (speed matters more while a process waits on us); after a crash
@@ -36,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 Version = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
-_XATTR_LIMIT = 64 * 1024  # bytes of xattrs kept per file; beyond it they are skipped
+_XATTR_LIMIT = 64 * 1024  # bytes of xattrs kept per file; beyond it none are (not cheap)
 _CHUNK = 1 << 20
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS copies (
@@ -165,12 +163,10 @@ class BackupStore:
 
     def records_for(self, pids: int | Iterable[int]) -> list[BackupRecord]:
         """Copies claimed by any of ``pids`` (a pid or a process family), oldest first."""
-        wanted = _pid_list(pids)
-        marks = ",".join("?" * len(wanted))
+        wanted, marks = _pid_list(pids)
         with self._cond:
-            rows = self._db.execute(
-                "SELECT DISTINCT copy_id FROM claims WHERE pid IN (" + marks + ")", wanted
-            ).fetchall()
+            query = f"SELECT DISTINCT copy_id FROM claims WHERE pid IN ({marks})"
+            rows = self._db.execute(query, wanted).fetchall()
             records = [self._load(row[0]) for row in rows]
         return sorted((r for r in records if r is not None), key=lambda r: r.created)
 
@@ -178,7 +174,7 @@ class BackupStore:
         """Every copy, oldest first."""
         with self._cond:
             rows = self._db.execute("SELECT id FROM copies ORDER BY created").fetchall()
-            return [r for r in (self._load(row[0]) for row in rows) if r is not None]
+            return [r for r in map(self._load, (row[0] for row in rows)) if r is not None]
 
     def restore(self, record: BackupRecord, *, to: Path | None = None) -> Path:
         """Put ``record``'s content and metadata back at its path (or ``to``), atomically.
@@ -194,10 +190,10 @@ class BackupStore:
             self._write_back(record, out)
             os.rename(temp, target)
         except BaseException:
-            os.close(out)
             temp.unlink(missing_ok=True)
             raise
-        os.close(out)
+        finally:
+            os.close(out)
         return target
 
     def restore_all(self, records: Iterable[BackupRecord]) -> RestoreReport:
@@ -218,10 +214,9 @@ class BackupStore:
 
     def release(self, pids: int | Iterable[int]) -> int:
         """Drop the claims of ``pids``; delete copies nobody claims any more. Returns how many."""
-        wanted = _pid_list(pids)
-        marks = ",".join("?" * len(wanted))
+        wanted, marks = _pid_list(pids)
         with self._cond:
-            self._db.execute("DELETE FROM claims WHERE pid IN (" + marks + ")", wanted)
+            self._db.execute(f"DELETE FROM claims WHERE pid IN ({marks})", wanted)
             rows = self._db.execute(
                 "SELECT id FROM copies WHERE id NOT IN (SELECT copy_id FROM claims)"
             ).fetchall()
@@ -301,11 +296,9 @@ class BackupStore:
         if row is None:
             return None
         pids = self._db.execute("SELECT pid FROM claims WHERE copy_id=?", (copy_id,)).fetchall()
-        (cid, path, dev, ino, size, mtime_ns, ctime_ns, atime_ns, mode, uid, gid, xattrs,
-         created) = row
+        cid, path, *version, atime_ns, mode, uid, gid, xattrs, created = row
         return BackupRecord(
-            id=cid, path=path, version=(dev, ino, size, mtime_ns, ctime_ns), mode=mode, uid=uid,
-            gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns, created=created,
+            cid, path, tuple(version), mode, uid, gid, atime_ns, version[3], created,
             xattrs={k: bytes.fromhex(v) for k, v in json.loads(xattrs).items()},
             pids=frozenset(p for (p,) in pids),
         )
@@ -316,7 +309,7 @@ class BackupStore:
             row = self._db.execute("SELECT size FROM copies WHERE id=?", (copy_id,)).fetchone()
             if row is None:
                 continue
-            with self._db:
+            with self._db:  # the claims go with it (ON DELETE CASCADE)
                 self._db.execute("DELETE FROM copies WHERE id=?", (copy_id,))
             (self._blobs / copy_id).unlink(missing_ok=True)
             self._used -= row[0]
@@ -332,7 +325,7 @@ class BackupStore:
         if copied != record.size:
             raise OSError(errno.EIO, f"the copy of {record.path} is short ({copied} bytes)")
         for name, value in record.xattrs.items():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # a file system without that namespace
                 os.setxattr(out, name, value)
         os.fchown(out, record.uid, record.gid)
         os.fchmod(out, record.mode)
@@ -349,8 +342,10 @@ def _version(info: os.stat_result) -> Version:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _pid_list(pids: int | Iterable[int]) -> list[int]:
-    return [pids] if isinstance(pids, int) else list(pids)
+def _pid_list(pids: int | Iterable[int]) -> tuple[list[int], str]:
+    """The pids, and the SQL placeholders for them."""
+    wanted = [pids] if isinstance(pids, int) else list(pids)
+    return wanted, ",".join("?" * len(wanted))
 
 
 def _copy_content(fd: int, blob: Path, size: int) -> None:
@@ -361,10 +356,10 @@ def _copy_content(fd: int, blob: Path, size: int) -> None:
         if copied != size:
             raise OSError(errno.EIO, f"read {copied} of {size} bytes")
     except BaseException:
-        os.close(out)
         temp.unlink(missing_ok=True)
         raise
-    os.close(out)
+    finally:
+        os.close(out)
     os.rename(temp, blob)
 
 
@@ -387,14 +382,11 @@ def _read_xattrs(fd: int) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     total = 0
     for name in names:
-        try:
-            value = os.getxattr(fd, name)
-        except OSError:
-            continue
-        total += len(name) + len(value)
+        with contextlib.suppress(OSError):
+            found[name] = os.getxattr(fd, name)
+            total += len(name) + len(found[name])
         if total > _XATTR_LIMIT:
-            return found
-        found[name] = value
+            return {}
     return found
 
 

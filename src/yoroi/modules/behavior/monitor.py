@@ -86,6 +86,7 @@ class FileMonitor:
         self._fan: Fanotify | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._stop_lock = threading.Lock()  # a watchdog may race the owner
         self._moved_from: FanotifyEvent | None = None
         self.open_write_delay = open_write_delay
         self._open_writes: dict[_Key, float] = {}  # modified, not yet closed: since when
@@ -111,6 +112,10 @@ class FileMonitor:
 
     def stop(self) -> None:
         """Stop reading; the guard answers every pending event; every descriptor is closed."""
+        with self._stop_lock:
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -90,6 +90,7 @@ class PreWriteGuard:
         self._fan: Fanotify | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stop = threading.Event()
+        self._stop_lock = threading.Lock()  # a watchdog may race the owner
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -109,6 +110,10 @@ class PreWriteGuard:
 
     def stop(self) -> None:
         """Finish the copies in flight, answer every pending event, close the group."""
+        with self._stop_lock:
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
