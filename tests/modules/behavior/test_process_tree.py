@@ -544,6 +544,7 @@ class Watcher:
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="test-watcher", daemon=True)
+        self._started: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Watcher:
         self.conn.open()
@@ -555,7 +556,19 @@ class Watcher:
         self._stop.set()
         self._thread.join(10)
         self.conn.close()
+        for proc in self._started:  # only our own children, by pid
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
         assert not self.errors, self.errors
+
+    def start(self, *argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start a child; it is killed (by pid) and reaped when the watcher ends."""
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, **kwargs)
+        self._started.append(proc)
+        return proc
 
     def _run(self) -> None:
         try:
@@ -576,31 +589,12 @@ class Watcher:
         return done()
 
 
-@pytest.fixture
-def run() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start children that are killed (by pid) and reaped at the end, whatever happens."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        kwargs.setdefault("stdout", subprocess.DEVNULL)
-        proc = subprocess.Popen(argv, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.mark.root
 @real_kernel
-def test_real_fork_exec_exit(run: Callable[..., subprocess.Popen[bytes]]) -> None:
+def test_real_fork_exec_exit() -> None:
     with Watcher() as watch:
         tree = watch.tree
-        shell = run("/bin/sh", "-c", "sleep 30 & wait")
+        shell = watch.start("/bin/sh", "-c", "sleep 30 & wait")
 
         def sleeper() -> int | None:
             kids = tree.children(shell.pid)
@@ -623,12 +617,12 @@ def test_real_fork_exec_exit(run: Callable[..., subprocess.Popen[bytes]]) -> Non
 
 @pytest.mark.root
 @real_kernel
-def test_real_script_family(run: Callable[..., subprocess.Popen[bytes]], tmp_path: Path) -> None:
+def test_real_script_family(tmp_path: Path) -> None:
     script = tmp_path / "per-file.sh"
     script.write_text("for i in 1 2 3; do sleep 0.2; done\n")
     with Watcher() as watch:
         tree = watch.tree
-        proc = run("/bin/bash", str(script))
+        proc = watch.start("/bin/bash", str(script))
         seen: set[int] = set()
 
         def kids() -> bool:
