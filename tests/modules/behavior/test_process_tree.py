@@ -140,6 +140,7 @@ def test_describe_names_process_user_parents_and_container(world: World) -> None
     described = snap(world).describe(200)
     assert described["exe"] == "/usr/bin/python3.11"
     assert described["cmd_line"] == "python3 enc.py /srv"
+    assert described["cmdline"] == ["python3", "enc.py", "/srv"]
     assert described["user"] == "ann"
     assert described["container_id"] == "ab" * 32
     assert described["family"] == 200

@@ -530,7 +530,8 @@ def _describe(node: ProcessNode) -> dict[str, object]:
     info = node.info
     return {
         "pid": info.pid, "ppid": info.ppid, "name": info.comm, "exe": info.exe,
-        "exe_deleted": info.exe_deleted, "cmd_line": shlex.join(info.cmdline),
+        "exe_deleted": info.exe_deleted, "cmdline": list(info.cmdline),
+        "cmd_line": shlex.join(info.cmdline),
         "user": info.user, "uid": info.uid, "login_user": info.login_user,
         "start_time": info.start_time, "container_id": info.container_id,
         "cgroup": info.cgroup, "exited": not node.alive, "image_known": node.image_known,
