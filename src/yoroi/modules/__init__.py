@@ -43,8 +43,9 @@ CATALOG: tuple[ModuleInfo, ...] = (
 def default_modules() -> dict[str, type[Module]]:
     """The built-in modules of this version, by policy-section name (imported on demand)."""
     from yoroi.modules.antimalware.module import AntimalwareModule
+    from yoroi.modules.behavior.module import BehaviorModule
 
-    return {"antimalware": AntimalwareModule}
+    return {"antimalware": AntimalwareModule, "behavior": BehaviorModule}
 
 
 def module_classes() -> dict[str, type[Module]]:

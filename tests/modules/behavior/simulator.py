@@ -48,9 +48,10 @@ def prepare(root: Path, files: int, size: int, seed: int) -> Path:
 
 def _document(kind: str, size: int, rng: random.Random) -> bytes:
     words = " ".join(rng.choice(WORDS) for _ in range(max(8, size // 7)))
-    if kind == "json":
-        body = json.dumps({"id": rng.randrange(10**6), "notes": words}).encode()
-    elif kind == "csv":
+    if kind == "json":  # valid JSON of about the size asked for
+        return json.dumps({"id": rng.randrange(10**6), "notes": words[: max(size - 40, 8)]
+                           }).encode()
+    if kind == "csv":
         body = "\n".join(f"{i},{rng.choice(WORDS)},{rng.randrange(1000)}" for i in
                          range(max(4, size // 20))).encode()
     elif kind == "pdf":
