@@ -29,6 +29,7 @@ EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 LAZY_COMMANDS = {
     "scan": "yoroi.modules.antimalware.cli:scan_command",
     "quarantine": "yoroi.modules.antimalware.quarantine_cli:quarantine",
+    "behavior": "yoroi.modules.behavior.cli:behavior",
 }
 
 
