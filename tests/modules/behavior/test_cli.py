@@ -15,6 +15,14 @@ import pytest
 pytestmark = [pytest.mark.root]
 
 
+def started(events: Path) -> bool:
+    """The module's own start event is in the file: it listens from now on."""
+    if not events.exists():
+        return False
+    return any(json.loads(line).get("message", "").startswith("module behavior started")
+               for line in events.read_text().splitlines())
+
+
 def test_behavior_run_reports_a_server_shell_and_stops_cleanly(tmp_path: Path) -> None:
     watched = tmp_path / "srv"
     watched.mkdir()
@@ -26,8 +34,8 @@ def test_behavior_run_reports_a_server_shell_and_stops_cleanly(tmp_path: Path) -
     )
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (events.exists() and events.stat().st_size):
-            time.sleep(0.1)  # the agent's start event shows it is up
+        while time.monotonic() < deadline and not started(events):
+            time.sleep(0.1)
         java = tmp_path / "java"
         java.write_text("#!/bin/sh\n/bin/sh -c 'id > /dev/null; sleep 0.3'\n")
         java.chmod(0o755)

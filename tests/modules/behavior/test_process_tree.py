@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from yoroi.errors import PlatformError
-from yoroi.modules.behavior.process_tree import (
+from yoroi.modules.behavior.process_tree import ProcessTree
+from yoroi.modules.behavior.programs import (
     Invocation,
-    ProcessTree,
     invocation,
     parse_invocation,
     program_names,

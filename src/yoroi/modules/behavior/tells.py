@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 
 from yoroi.errors import PolicyError
 from yoroi.events.enums import Severity
-from yoroi.modules.behavior.process_tree import (
+from yoroi.modules.behavior.process_tree import ProcessNode, ProcessTree
+from yoroi.modules.behavior.programs import (
     SHELLS,
     Invocation,
-    ProcessNode,
-    ProcessTree,
     base_name,
     fd_link,
     invocation,
