@@ -139,3 +139,23 @@ def test_any_structure_is_a_policy_or_a_config_error(doc: dict[str, object]) -> 
         parse_policy(text, SECTIONS, "fuzz.yaml")
     except ConfigError as exc:
         assert exc.problems and all(p.startswith("fuzz.yaml") for p in exc.problems)
+
+
+def test_module_sections_share_sizes_durations_and_paths() -> None:
+    from yoroi.modules import module_classes, policy_sections
+
+    sections = policy_sections(module_classes())
+    text = ("behavior: {enabled: true, watch: [srv]}\n"
+            "antimalware: {limits: {max_member_size: 12Q}, on_access: {decision_timeout: 2h}}\n")
+    with pytest.raises(ConfigError) as info:
+        parse_policy(text, sections, "p.yaml")
+    assert sorted(info.value.problems) == [
+        "p.yaml:1: behavior.watch[0]: 'srv' is not an absolute path (got 'srv')",
+        "p.yaml:2: antimalware.limits.max_member_size: '12Q' is not a size; "
+        "write e.g. 512K, 64M or 2G (got '12Q')",
+    ]
+    good = parse_policy("antimalware: {limits: {max_member_size: 64M}, "
+                        "on_access: {decision_timeout: 250ms}}", sections, "p.yaml")
+    antimalware = good.modules["antimalware"]
+    assert antimalware.limits.max_member_size == 64 * 1024 * 1024  # type: ignore[attr-defined]
+    assert antimalware.on_access.decision_timeout == 0.25  # type: ignore[attr-defined]

@@ -28,16 +28,37 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    field_validator,
+)
 
 from yoroi.errors import ConfigError
 from yoroi.events.config import SinkSpec
+from yoroi.units import parse_duration, parse_size
 from yoroi.yamldoc import YamlDocument, parse_yaml, read_yaml, validate
 
 AGENT_SECTION = "agent"
 P = TypeVar("P", bound=BaseModel)
+
+
+def _absolute(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} is not an absolute path")
+    return path
+
+
+# Field types policies share: sizes ("64M"), durations ("1h"), absolute paths.
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
 
 
 class StrictModel(BaseModel):

@@ -143,7 +143,7 @@ def _explain(err: Any, model: type[BaseModel], loc: Loc) -> str:
         return f"unknown key{hint}"
     if kind == "missing":
         return "required key is missing"
-    message = str(err["msg"])
+    message = str(err["msg"]).removeprefix("Value error, ")
     value = err.get("input")
     if isinstance(value, str | int | float | bool) and not isinstance(value, dict):
         message += f" (got {value!r})"

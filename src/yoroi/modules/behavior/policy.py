@@ -14,15 +14,11 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import Field
 
-from yoroi.config import ModulePolicy, StrictModel
-from yoroi.units import parse_duration, parse_size
-
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+from yoroi.config import AbsolutePath, Duration, ModulePolicy, Size, StrictModel
 
 DEFAULT_TRUSTED = ("apt", "apt-get", "dpkg", "unattended-upgrade", "unattended-upgr", "pip",
                    "pip3", "rsync", "borg", "restic", "duplicity", "logrotate")
@@ -54,7 +50,7 @@ class TellsPolicy(StrictModel):
 class BehaviorPolicy(ModulePolicy):
     """The ``behavior`` section."""
 
-    watch: tuple[str, ...] = Field((), description="Protected directories.")
+    watch: tuple[AbsolutePath, ...] = Field((), description="Protected directories.")
     response: Literal["kill", "alert"] = "kill"
     quarantine_executable: bool = True
     restore: bool = True
@@ -63,11 +59,3 @@ class BehaviorPolicy(ModulePolicy):
     backup: BackupPolicy = BackupPolicy()
     detector: DetectorPolicy = DetectorPolicy()
     tells: TellsPolicy = TellsPolicy()
-
-    @field_validator("watch")
-    @classmethod
-    def _absolute(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
-        for path in paths:
-            if not path.startswith("/"):
-                raise ValueError(f"{path!r} is not an absolute path")
-        return paths
