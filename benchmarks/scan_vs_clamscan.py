@@ -25,6 +25,7 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from _common import (  # noqa: E402  (a script beside its helpers, not a package
 from yoroi.modules.antimalware.signatures import clamav, yararules  # noqa: E402
 
 HASH_PREFIX = "Bench.Hash."
+COLD = "yoroi load only, no saved set"
 CLAMSCAN_LIMITS = ["--max-filesize=2000M", "--max-scansize=2000M", "--max-scantime=0"]
 YOROI_MAX = "2000M"  # the same file size limit for both (clamscan's default is 100 MB)
 
@@ -233,10 +235,16 @@ def parse_yara(output: str) -> dict[str, set[str]]:
     return flagged
 
 
-def measure(label: str, argv: list[str], files: int, size: int, repeat: int) -> Run:
-    """Run ``repeat`` times and keep the run of median wall time."""
+def measure(label: str, argv: list[str], files: int, size: int, repeat: int,
+            before: Callable[[], None] | None = None) -> Run:
+    """Run ``repeat`` times (``before`` each) and keep the run of median wall time."""
     print(f"running {label}: {' '.join(argv)}", file=sys.stderr, flush=True)
-    tries = sorted((run_measured(label, argv) for _ in range(repeat)), key=lambda m: m.wall)
+    tries = []
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        tries.append(run_measured(label, argv))
+    tries.sort(key=lambda m: m.wall)
     measured = tries[len(tries) // 2]
     parse = parse_yara if argv[0].endswith("yara") else parse_found
     if measured.exit_code not in (0, 1):
@@ -248,13 +256,20 @@ def measure(label: str, argv: list[str], files: int, size: int, repeat: int) -> 
 
 def run_all(yoroi: str, sigs: Signatures, listing: Path, tiny: Path,
             files: int, size: int, repeat: int) -> dict[str, Run]:
-    """Every measured command, load-only runs first."""
-    common = [yoroi, "scan", "--signatures", str(sigs.directory), "--no-builtin", "--quiet",
-              "--max-filesize", YOROI_MAX]
+    """Every measured command, load-only runs first.
+
+    Yoroi keeps its state (the saved signature set) in a home of its own under the work
+    directory; the cold load-only run removes that saved set before each try, every other run
+    finds it, as every scan after the first one with unchanged signatures does.
+    """
+    home = sigs.directory.parent / "home"
+    common = [yoroi, "--home", str(home), "scan", "--signatures", str(sigs.directory),
+              "--no-builtin", "--quiet", "--max-filesize", YOROI_MAX]
     clam = ["clamscan", "-d", str(sigs.directory), "--no-summary", "-i", *CLAMSCAN_LIMITS]
     tiny_size = tiny.stat().st_size
     plan: list[tuple[str, list[str], int, int]] = [
         ("clamscan load only", [*clam, str(tiny)], 1, tiny_size),
+        (COLD, [*common, "--jobs", "1", str(tiny)], 1, tiny_size),
         ("yoroi load only", [*common, "--jobs", "1", str(tiny)], 1, tiny_size),
         ("clamscan", [*clam, "--file-list", str(listing)], files, size),
         ("yoroi -j2", [*common, "--jobs", "2", "--file-list", str(listing)], files, size),
@@ -264,7 +279,11 @@ def run_all(yoroi: str, sigs: Signatures, listing: Path, tiny: Path,
         ("yoroi -j2 --no-archives", [*common, "--jobs", "2", "--no-archives", "--file-list",
                                      str(listing)], files, size),
     ]
-    return {label: measure(label, argv, n, b, repeat) for label, argv, n, b in plan}
+    def forget() -> None:
+        shutil.rmtree(home / "var" / "antimalware" / "signature-cache", ignore_errors=True)
+
+    return {label: measure(label, argv, n, b, repeat, forget if label == COLD else None)
+            for label, argv, n, b in plan}
 
 
 def rate(run: Run) -> float:
@@ -343,7 +362,9 @@ def agreement(runs: dict[str, Run], sigs: Signatures) -> list[str]:
 
 def profile(yoroi: str, sigs: Signatures, listing: Path, out: Path, top: int = 20) -> str:
     """Profile `yoroi scan --jobs 1` on the tree with cProfile; the top costs by own time."""
-    argv = [sys.executable, "-m", "cProfile", "-o", str(out), yoroi, "scan", "--signatures",
+    home = sigs.directory.parent / "home"
+    argv = [sys.executable, "-m", "cProfile", "-o", str(out), yoroi, "--home", str(home), "scan",
+            "--signatures",
             str(sigs.directory), "--no-builtin", "--quiet", "--max-filesize", YOROI_MAX,
             "--jobs", "1", "--file-list", str(listing)]
     print(f"profiling: {' '.join(argv)}", file=sys.stderr, flush=True)
@@ -413,7 +434,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"goal: {goal['goal']}: {goal['value']:.2f} -> {'met' if goal['met'] else 'NOT met'}")
     notes = agreement(runs, sigs)
     print("\n".join(notes))
-    loads = {k: runs[k].measurement.wall for k in ("clamscan load only", "yoroi load only")}
+    loads = {k: runs[k].measurement.wall for k in ("clamscan load only", COLD, "yoroi load only")}
     print(f"signature load (1-file scan): {loads}")
     print("files/s net of signature load: " + ", ".join(
         f"{label} {net_rate(runs, label):.0f}" for label in runs if "load only" not in label))
