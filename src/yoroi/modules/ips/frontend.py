@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from yoroi.modules.ips.types import Decision, Inspection, Outcome, RuleMatch
+from yoroi.modules.ips.types import Decision, Headers, Inspection, Inspector, Outcome, RuleMatch
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,45 @@ def report(hook: ExchangeHook | None, exchange: Exchange) -> None:
         hook(exchange)
     except Exception:
         log.exception("ips: the on_exchange hook failed for %s %s", exchange.method, exchange.url)
+
+
+class Uninspected:
+    """The inspection of an exchange the engine could not take on: it lets everything pass."""
+
+    def request_headers(self, method: str, uri: str, version: str,
+                        headers: Headers) -> Decision | None:
+        return None
+
+    def request_body(self, chunk: bytes) -> None:
+        return None
+
+    def request_end(self) -> Decision | None:
+        return None
+
+    def response_headers(self, status: int, version: str, headers: Headers) -> Decision | None:
+        return None
+
+    def response_body(self, chunk: bytes) -> None:
+        return None
+
+    def response_end(self) -> Decision | None:
+        return None
+
+    def close(self) -> tuple[RuleMatch, ...]:
+        return ()
+
+
+def begin(inspector: Inspector, client: tuple[str, int], server: tuple[str, int],
+          mode: Mode) -> Tracker:
+    """Open the inspection of one exchange (fail open when the engine cannot)."""
+    try:
+        inspection: Inspection = inspector.begin(client, server)
+    except Exception:
+        log.exception("ips: the inspector could not begin; the exchange goes on uninspected")
+        tracker = Tracker(Uninspected(), mode)
+        tracker.failed = True
+        return tracker
+    return Tracker(inspection, mode)
 
 
 class Tracker:

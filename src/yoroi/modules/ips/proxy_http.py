@@ -23,7 +23,7 @@ from yoroi.modules.ips.frontend import (
     ExchangeHook,
     Limits,
     Mode,
-    Tracker,
+    begin,
     blocked_answer,
     inspect_response_body,
     report,
@@ -37,6 +37,9 @@ RawHeaders = list[tuple[bytes, bytes]]
 # Replaced, not forwarded: we frame the body ourselves and speak for the client to the upstream.
 REPLACED = frozenset({"content-length", "expect", "x-forwarded-for", "x-forwarded-proto",
                       "x-forwarded-host"})
+
+DRAIN_LIMIT = 64 * 1024  # the most of an unread request body we read to keep a connection
+DRAIN_TIMEOUT = 1.0
 
 
 def address(writer: asyncio.StreamWriter, name: str) -> Address:
@@ -147,7 +150,7 @@ class ProxyExchange:
         self.request = request
         self.raw_headers: RawHeaders = list(request.headers.raw_items())
         self.client, self.server = client, server
-        self.tracker = Tracker(handler.inspector.begin(client, server), handler.mode)
+        self.tracker = begin(handler.inspector, client, server, handler.mode)
         self.status = 0
         self.request_bytes = self.response_bytes = 0
         self.error: str | None = None
@@ -341,12 +344,29 @@ class ProxyExchange:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             self.stream.close()
             return
-        if conn.their_state is not h11.DONE:
+        if conn.their_state is h11.SEND_BODY and not await self.drain():
             headers = [*headers, ("Connection", "close")]
         self.status = status
         self.response_bytes += len(body)
         await self.stream.send(h11.Response(status_code=status, headers=headers),
                                h11.Data(data=body), h11.EndOfMessage())
+
+    async def drain(self) -> bool:
+        """Read and drop what is left of a small request body (so that the connection can
+        carry on after our answer); False when it is too big or too slow to bother."""
+        dropped = 0
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                while dropped <= DRAIN_LIMIT:
+                    event = await self.stream.next_event(DRAIN_TIMEOUT)
+                    if isinstance(event, h11.EndOfMessage):
+                        return True
+                    if not isinstance(event, h11.Data):
+                        return False
+                    dropped += len(event.data)
+        except (TimeoutError, PeerClosed, h11.RemoteProtocolError):
+            pass
+        return False
 
     def _report(self) -> None:
         action, matches = self.tracker.close()
