@@ -106,6 +106,7 @@ class EchoHandler(BaseHTTPRequestHandler):
     /slow: echo after 0.3 s; /evil-header: the marker in a response header."""
 
     protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # head and body in one send (Nagle + delayed ACK would add 40 ms)
     server: UpstreamServer
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -118,6 +119,9 @@ class UpstreamPool:
             reader, writer = await asyncio.open_connection(
                 self.upstream.host, self.upstream.port, ssl=self.tls,
                 server_hostname=self.upstream.host if self.tls else None, limit=READ_SIZE)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return H11Stream(h11.CLIENT, reader, writer)
 
     def release(self, stream: H11Stream) -> None:
