@@ -30,6 +30,7 @@ LAZY_COMMANDS = {
     "scan": "yoroi.modules.antimalware.cli:scan_command",
     "quarantine": "yoroi.modules.antimalware.quarantine_cli:quarantine",
     "behavior": "yoroi.modules.behavior.cli:behavior",
+    "ips": "yoroi.modules.ips.cli:ips",
 }
 
 
