@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -94,3 +95,33 @@ def _quiet_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@ips.command("proxy")
+@click.option("--listen", required=True, help="HOST:PORT to listen on, e.g. 0.0.0.0:8080.")
+@click.option("--upstream", required=True, help="The application's URL, e.g. http://127.0.0.1:8000.")
+@click.option("--mode", type=click.Choice(["prevent", "detect"]), default="prevent",
+              show_default=True, help="Block what the rules deny, or only report it.")
+@click.option("--rules", "rules_dir", type=click.Path(exists=True, path_type=Path),
+              help="CRS release directory (default: the installed CRS).")
+@click.option("--events", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append OCSF events (one JSON object a line) to FILE.")
+@click.option("--log-all", is_flag=True, help="An HTTP Activity event for every exchange.")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Terminate TLS with this certificate chain (PEM).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The certificate's private key (PEM), if not in --cert.")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes sharing the port (SO_REUSEPORT).")
+@click.option("--paranoia", type=click.IntRange(1, 4), default=1, show_default=True,
+              help="CRS paranoia level.")
+@click.option("--body-limit", type=click.IntRange(0), default=13_107_200, show_default=True,
+              help="Largest request body in bytes (more is answered 413).")
+@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="Seconds to wait for the upstream's response (then 504).")
+@click.pass_obj
+def proxy(home: Home, /, **options: Any) -> None:
+    """Reverse proxy that inspects every exchange (SIGHUP reloads rules, SIGTERM stops)."""
+    from yoroi.modules.ips.proxy_cli import run_proxy
+
+    raise SystemExit(run_proxy(home, **options))
