@@ -8,7 +8,8 @@ STAMP     := $(VENV)/.installed
 # Debian packages the agent and the test suite use (installed only when root).
 DEB_PKGS  := nftables iproute2 e2fsprogs util-linux kmod procps openssl \
              libarchive13 clamav-testfiles yara \
-             zip zstd xz-utils bzip2 cpio p7zip-full rpm acl
+             zip zstd xz-utils bzip2 cpio p7zip-full rpm acl \
+             modsecurity-crs
 PYTEST_ARGS ?=
 
 .PHONY: install deb-packages run test lint typecheck clean
