@@ -16,7 +16,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,16 +164,16 @@ class ProxyServer:
         """Run until SIGTERM/SIGINT (graceful stop); SIGHUP reloads the rules."""
         await self.start(sock)
         loop = asyncio.get_running_loop()
-        reloads: set[asyncio.Task[bool]] = set()
+        tasks: set[asyncio.Task[object]] = set()  # strong references until done
 
-        def on_hup() -> None:
-            task = loop.create_task(self.reload())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
+        def spawn(work: Callable[[], Coroutine[object, object, object]]) -> None:
+            task = loop.create_task(work())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGHUP, spawn, self.reload)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: loop.create_task(self.stop()))
+            loop.add_signal_handler(sig, spawn, self.stop)
         try:
             await self._stopped.wait()
         finally:
