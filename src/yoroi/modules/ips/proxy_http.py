@@ -189,7 +189,8 @@ class ProxyExchange:
             await self.fail(413, "request body over the limit")
             return None
         if self.stream.conn.they_are_waiting_for_100_continue:
-            await self.stream.send(h11.InformationalResponse(status_code=100, headers=[]))
+            await self.stream.send(h11.InformationalResponse(status_code=100, headers=[],
+                                                             reason=b"Continue"))
         chunks: list[bytes] = []
         while True:
             try:
