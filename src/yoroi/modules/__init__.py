@@ -44,8 +44,9 @@ def default_modules() -> dict[str, type[Module]]:
     """The built-in modules of this version, by policy-section name (imported on demand)."""
     from yoroi.modules.antimalware.module import AntimalwareModule
     from yoroi.modules.behavior.module import BehaviorModule
+    from yoroi.modules.ips.module import IpsModule
 
-    return {"antimalware": AntimalwareModule, "behavior": BehaviorModule}
+    return {"antimalware": AntimalwareModule, "behavior": BehaviorModule, "ips": IpsModule}
 
 
 def module_classes() -> dict[str, type[Module]]:
