@@ -129,3 +129,13 @@ def test_one_engine_serves_many_threads(engine: Engine) -> None:
     for thread in threads:
         thread.join()
     assert outcomes.count(Outcome.BLOCK) == 8 and outcomes.count(None) == 4
+
+
+def test_body_chunks_may_be_bytearrays() -> None:
+    # h11, under the reverse proxy, hands request and response body chunks out as bytearray.
+    inspection = Engine(RuleSet.default(), paranoia=1).begin(("127.0.0.1", 1), ("127.0.0.1", 2))
+    inspection.request_headers("POST", "/", "HTTP/1.1", [
+        ("Host", "localhost"), ("Content-Type", "application/x-www-form-urlencoded")])
+    inspection.request_body(bytearray(b"var=1234 OR 1=1"))
+    inspection.request_end()
+    assert 942100 in {m.rule_id for m in inspection.close()}

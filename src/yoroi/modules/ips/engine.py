@@ -156,7 +156,8 @@ class EngineInspection:
 
     def request_body(self, chunk: bytes) -> None:
         """Part of the request body (inspected at ``request_end``)."""
-        self._tx.append_request_body(chunk)
+        # bytes(): the binding takes only bytes, and h11 hands body chunks out as bytearray.
+        self._tx.append_request_body(bytes(chunk))
 
     def request_end(self) -> Decision | None:
         """Phase 2: the whole request body has been given."""
@@ -173,7 +174,7 @@ class EngineInspection:
 
     def response_body(self, chunk: bytes) -> None:
         """Part of the response body (inspected at ``response_end``)."""
-        self._tx.append_response_body(chunk)
+        self._tx.append_response_body(bytes(chunk))
 
     def response_end(self) -> Decision | None:
         """Phase 4: the whole response body has been given."""
