@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from yoroi.modules.behavior.backup import BackupRecord, BackupStore, Refusal, RefusalReason
+from yoroi.modules.behavior.holds import Held
 
 MIB = 1024 * 1024
 
@@ -192,3 +193,83 @@ def test_backups_are_owner_only(store: BackupStore, tmp_path: Path) -> None:
     assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
     assert stat.S_IMODE((store.root / "index.sqlite3").stat().st_mode) == 0o600
     assert stat.S_IMODE((store.blob_dir / record.id).stat().st_mode) == 0o600
+
+
+def hold(store: BackupStore, path: Path, pid: int) -> list[Held]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return store.hold(str(path), fd, pid, os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
+def test_a_held_read_costs_no_copy_until_asked_for(store: BackupStore, tmp_path: Path) -> None:
+    path = original(tmp_path / "read.txt", b"only read, then deleted")
+    hold(store, path, pid=7)
+    assert store.records() == [] and store.usage() == 0
+
+    path.unlink()
+    (record,) = store.records_for(7)
+
+    assert store.restore(record).read_bytes() == b"only read, then deleted"
+    assert path.stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert store.records_for(7) == [record] and len(store.holds) == 0
+
+
+def test_a_held_file_changed_since_claims_the_copy_of_what_was_read(
+    store: BackupStore, tmp_path: Path
+) -> None:
+    path = original(tmp_path / "f.txt", b"as read")
+    hold(store, path, pid=1)
+    before_write = kept(store, path, pid=2)  # a writer's pre-write copy
+    path.write_bytes(b"overwritten")
+
+    assert [r.id for r in store.records_for(1)] == [before_write.id]
+
+
+def test_a_held_file_changed_without_a_copy_yields_nothing(
+    store: BackupStore, tmp_path: Path
+) -> None:
+    path = original(tmp_path / "f.txt", b"as read")
+    hold(store, path, pid=1)
+    path.write_bytes(b"changed by a trusted writer")
+
+    assert store.records_for(1) == []
+
+
+def test_evicted_holds_are_returned_only_for_unlinked_files(tmp_path: Path) -> None:
+    store = BackupStore(tmp_path / "b", max_file_size=MIB, budget_bytes=MIB, hold_limit=2)
+    first = original(tmp_path / "1", b"one")
+    hold(store, first, pid=3)
+    first.unlink()
+    kept_open = original(tmp_path / "2", b"two")
+    hold(store, kept_open, pid=3)
+    (evicted,) = hold(store, original(tmp_path / "3", b"three"), pid=3)  # "1" is unlinked
+    assert hold(store, original(tmp_path / "4", b"four"), pid=3) == []  # "2" is not
+
+    assert evicted.path == str(first) and os.fstat(evicted.fd).st_nlink == 0
+    os.close(evicted.fd)
+    store.close()
+
+
+def test_an_evicted_unlinked_hold_is_copied_by_keep_held(tmp_path: Path) -> None:
+    store = BackupStore(tmp_path / "b", max_file_size=MIB, budget_bytes=MIB, hold_limit=1)
+    gone = original(tmp_path / "gone", b"deleted after the read")
+    hold(store, gone, pid=5)
+    gone.unlink()
+    (evicted,) = hold(store, original(tmp_path / "next", b"next"), pid=5)
+
+    record = store.keep_held(evicted)
+
+    assert isinstance(record, BackupRecord) and record.path == str(gone)
+    assert store.restore(record).read_bytes() == b"deleted after the read"
+    store.close()
+
+
+def test_release_closes_the_holds_of_honest_processes(store: BackupStore, tmp_path: Path) -> None:
+    path = original(tmp_path / "h", b"honest read")
+    hold(store, path, pid=9)
+    store.release([9])
+    path.unlink()
+
+    assert store.records_for(9) == [] and len(store.holds) == 0

@@ -161,6 +161,48 @@ def test_ext4_untrusted_reader_then_delete_is_restorable(
     assert path.read_bytes() == b"read me, then lose me"
 
 
+def test_ext4_reads_are_held_not_copied(
+    ext4_mount: Path, store: BackupStore, start_monitor: MonitorFactory
+) -> None:
+    path = protected(ext4_mount, "r.txt", b"only read" * 100)
+    monitor = start_monitor([ext4_mount], Recorder(), protect=everyone, backup=store)
+
+    pid = child("open('r.txt', 'rb').read(); open('r.txt', 'rb').read()", ext4_mount)
+
+    assert store.records() == [] and store.usage() == 0
+    assert monitor.guard is not None and monitor.guard.counters["copied"] == 0
+    assert [r.path for r in store.records_for(pid)] == [str(path)]  # still restorable
+
+
+def test_ext4_new_files_are_not_copied(
+    ext4_mount: Path, store: BackupStore, start_monitor: MonitorFactory
+) -> None:
+    start_monitor([ext4_mount], Recorder(), protect=everyone, backup=store)
+
+    pid = child("open('new.txt', 'wb').write(b'fresh'); open('new.txt', 'ab').write(b'!')",
+                ext4_mount)
+
+    assert store.records_for(pid) == [] and store.records() == []
+
+
+def test_ext4_copy_file_range_copies_only_the_destination(
+    ext4_mount: Path, store: BackupStore, start_monitor: MonitorFactory
+) -> None:
+    src = protected(ext4_mount, "src.txt", b"source " * 100)
+    dst = protected(ext4_mount, "dst.txt", b"destination " * 100)
+    start_monitor([ext4_mount], Recorder(), protect=everyone, backup=store)
+
+    pid = child(
+        "import os; s = os.open('src.txt', os.O_RDONLY); d = os.open('dst.txt', os.O_WRONLY);"
+        "os.copy_file_range(s, d, 700)",
+        ext4_mount,
+    )
+
+    assert [r.path for r in store.records()] == [str(dst)]  # the source is only held
+    assert restore_for(store, pid) == sorted([str(dst), str(src)])
+    assert dst.read_bytes() == b"destination " * 100
+
+
 def test_trusted_processes_and_other_paths_are_not_copied(
     ext4_mount: Path, store: BackupStore, start_monitor: MonitorFactory
 ) -> None:

@@ -9,12 +9,17 @@ honest (a copy nobody claims any more is deleted), ``expire(predicate)`` drops c
 Layout under ``root`` (0700, files 0600): ``index.sqlite3`` (copies, and (copy, pid) claims),
 ``blobs/<id>`` (content).
 
+A file an untrusted process only *reads* is not copied but held (:meth:`BackupStore.hold`, see
+:mod:`yoroi.modules.behavior.holds`): its copy is taken from the held descriptor only when
+``records_for`` asks for that process, or when the hold is evicted after the file was unlinked.
+
 Content is read from a descriptor the caller hands over (the fanotify event's own descriptor:
 see :mod:`yoroi.modules.behavior.prewrite`), never by opening the original path. A copy over
 ``max_file_size``, or one that would take the store over ``budget_bytes``, is refused: ``keep``
 then returns a :class:`Refusal` and publishes nothing itself -- the caller turns it into an
-event. Copies are not fsync'ed (speed matters more while a process waits on us); after a crash
-the index may name a blob that is shorter than recorded, which ``restore`` reports as failed.
+event. Copies are not fsync'ed and the index runs in WAL mode with ``synchronous=NORMAL`` (speed
+matters more while a process waits on us: a commit then costs no sync); after a crash the index
+may name a blob that is shorter than recorded, which ``restore`` reports as failed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from yoroi.modules.behavior.holds import Held, Holds
 
 Version = tuple[int, int, int, int, int]  # dev, ino, size, mtime_ns, ctime_ns
 _XATTR_LIMIT = 64 * 1024  # bytes of xattrs kept per file; beyond it none are (not cheap)
@@ -110,7 +117,9 @@ class BackupStore:
     version copy it once; the second waits and shares the copy).
     """
 
-    def __init__(self, root: Path, *, max_file_size: int, budget_bytes: int) -> None:
+    def __init__(
+        self, root: Path, *, max_file_size: int, budget_bytes: int, hold_limit: int = 1024
+    ) -> None:
         self.root = Path(root)
         self.max_file_size = max_file_size
         self.budget_bytes = budget_bytes
@@ -124,10 +133,13 @@ class BackupStore:
             os.umask(old_umask)
         os.chmod(self.root / "index.sqlite3", 0o600)
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
         self._cond = threading.Condition()
         self._in_flight: dict[Version, int] = {}  # version -> bytes reserved in the budget
         self._used = self._scan_usage()
+        self.holds = Holds(hold_limit)
 
     @property
     def blob_dir(self) -> Path:
@@ -143,6 +155,33 @@ class BackupStore:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return Refusal(RefusalReason.NOT_REGULAR, path, pid, 0)
+        return self._keep(path, fd, pid, info, None)
+
+    def hold(self, path: str, fd: int, pid: int, info: os.stat_result) -> list[Held]:
+        """``pid`` read ``path`` (``fd``, ``info``: the file now): hold it instead of a copy.
+
+        Returns evicted holds of unlinked files: pass each to :meth:`keep_held` (it may copy,
+        so not from a thread that answers permission events).
+        """
+        return self.holds.add(path, fd, pid, info)
+
+    def keep_held(self, held: Held) -> BackupRecord | Refusal | None:
+        """Copy (or claim the copy of) the content ``held`` was read at; closes its fd.
+
+        None when the content changed since and no copy of it was kept.
+        """
+        try:
+            now = os.fstat(held.fd)
+            if (now.st_size, now.st_mtime_ns) == (held.info.st_size, held.info.st_mtime_ns):
+                return self._keep(held.path, held.fd, held.pid, held.info, held.since)
+            with self._cond:
+                return self._claim(_version(held.info), held.pid)
+        finally:
+            os.close(held.fd)
+
+    def _keep(
+        self, path: str, fd: int, pid: int, info: os.stat_result, since: float | None
+    ) -> BackupRecord | Refusal:
         version = _version(info)
         with self._cond:
             while version in self._in_flight:
@@ -155,15 +194,20 @@ class BackupStore:
                 return refusal
             self._in_flight[version] = info.st_size
         try:
-            return self._copy(path, fd, pid, info)
+            return self._copy(path, fd, pid, info, since)
         finally:
             with self._cond:
                 del self._in_flight[version]
                 self._cond.notify_all()
 
     def records_for(self, pids: int | Iterable[int]) -> list[BackupRecord]:
-        """Copies claimed by any of ``pids`` (a pid or a process family), oldest first."""
+        """Copies claimed by any of ``pids`` (a pid or a process family), oldest first.
+
+        Their held reads are copied first (see :meth:`hold`).
+        """
         wanted, marks = _pid_list(pids)
+        for held in self.holds.take(wanted):
+            self.keep_held(held)
         with self._cond:
             query = f"SELECT DISTINCT copy_id FROM claims WHERE pid IN ({marks})"
             rows = self._db.execute(query, wanted).fetchall()
@@ -215,6 +259,7 @@ class BackupStore:
     def release(self, pids: int | Iterable[int]) -> int:
         """Drop the claims of ``pids``; delete copies nobody claims any more. Returns how many."""
         wanted, marks = _pid_list(pids)
+        self.holds.drop(wanted)
         with self._cond:
             self._db.execute(f"DELETE FROM claims WHERE pid IN ({marks})", wanted)
             rows = self._db.execute(
@@ -234,7 +279,8 @@ class BackupStore:
             return self._used + sum(self._in_flight.values())
 
     def close(self) -> None:
-        """Close the index."""
+        """Close the held descriptors and the index."""
+        self.holds.close()
         with self._cond:
             self._db.close()
 
@@ -259,7 +305,10 @@ class BackupStore:
             return Refusal(RefusalReason.BUDGET, path, pid, size, detail)
         return None
 
-    def _copy(self, path: str, fd: int, pid: int, info: os.stat_result) -> BackupRecord | Refusal:
+    def _copy(
+        self, path: str, fd: int, pid: int, info: os.stat_result, since: float | None
+    ) -> BackupRecord | Refusal:
+        """Copy ``fd`` as version ``info``; a held file (``since``) may be unlinked since."""
         copy_id = f"{int(time.time() * 1000):x}-{secrets.token_hex(6)}"
         blob = self._blobs / copy_id
         try:
@@ -269,13 +318,15 @@ class BackupStore:
         except OSError as exc:
             blob.unlink(missing_ok=True)
             return Refusal(RefusalReason.ERROR, path, pid, info.st_size, str(exc))
-        if _version(after) != _version(info):
+        same = _version if since is None else _content_version
+        if same(after) != same(info):
             blob.unlink(missing_ok=True)
             return Refusal(RefusalReason.CHANGED, path, pid, info.st_size, "changed while copied")
         record = BackupRecord(
             id=copy_id, path=path, version=_version(info), mode=stat.S_IMODE(info.st_mode),
             uid=info.st_uid, gid=info.st_gid, atime_ns=info.st_atime_ns,
-            mtime_ns=info.st_mtime_ns, created=time.time(), xattrs=xattrs, pids=frozenset({pid}),
+            mtime_ns=info.st_mtime_ns, created=since or time.time(), xattrs=xattrs,
+            pids=frozenset({pid}),
         )
         with self._cond:
             self._insert(record)
@@ -340,6 +391,11 @@ class BackupStore:
 
 def _version(info: os.stat_result) -> Version:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _content_version(info: os.stat_result) -> tuple[int, ...]:
+    """What an unlink leaves alone (it changes ctime and the link count)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _pid_list(pids: int | Iterable[int]) -> tuple[list[int], str]:

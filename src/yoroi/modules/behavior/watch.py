@@ -45,7 +45,7 @@ class Watch:
         self.ledger = Ledger()
         self.chains: dict[int, tuple[int, ...]] = {}
         self.counters = {"events": 0, "trusted": 0, "verdicts": 0}
-        self._before: dict[str, ContentProfile] = {}
+        self._before: dict[str, Path] = {}  # path -> the copy of its original content
         self._judged: set[int] = set()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -63,13 +63,13 @@ class Watch:
         self._queue.put(event)
 
     def remember_original(self, record: BackupRecord, blob: Path) -> None:
-        """From a backup worker: the content as it was, for the coming write's comparison."""
-        try:
-            profile = content.profile_of(str(blob))
-        except OSError:
-            return
+        """From a backup worker: where the content as it was is, for the coming write.
+
+        It is profiled only when an event for the path arrives (most copies never see one:
+        the copy is taken before the change, the change may never come).
+        """
         with self._lock:
-            self._before[record.path] = profile
+            self._before[record.path] = blob
 
     def family_pids(self, root: int) -> set[int]:
         """Every process seen acting on behalf of ``root``, living or gone."""
@@ -128,9 +128,10 @@ class Watch:
 
     def _profiles(self, event: FileEvent) -> tuple[ContentProfile | None, ContentProfile | None]:
         with self._lock:
-            before = self._before.pop(event.path, None)
-            if event.old_path is not None and before is None:
-                before = self._before.pop(event.old_path, None)
+            blob = self._before.pop(event.path, None)
+            if event.old_path is not None and blob is None:
+                blob = self._before.pop(event.old_path, None)
+        before = _profile(blob) if blob is not None else None
         if event.activity is Activity.DELETE:
             return before, None
         try:
@@ -150,3 +151,10 @@ class Watch:
         self._judged.add(root)
         self.counters["verdicts"] += 1
         self.on_verdict(root, verdict)
+
+
+def _profile(path: Path) -> ContentProfile | None:
+    try:
+        return content.profile_of(str(path))
+    except OSError:  # the copy was released meanwhile
+        return None
