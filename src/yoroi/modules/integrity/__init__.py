@@ -1,0 +1,1 @@
+"""Integrity monitoring: every change to files and system configuration — what, when, and who."""
