@@ -148,9 +148,11 @@ class EngineInspection:
     def request_headers(self, method: str, uri: str, version: str,
                         headers: Headers) -> Decision | None:
         """Phase 1: the request line and headers."""
-        self._tx.process_uri(uri, method, version.removeprefix("HTTP/"))
+        # pybind11's std::string parameters take bytes too; the stubs only say str.
+        self._tx.process_uri(wire(uri), method,  # type: ignore[arg-type]
+                             version.removeprefix("HTTP/"))
         for name, value in headers:
-            self._tx.add_request_header(name, value)
+            self._tx.add_request_header(wire(name), wire(value))  # type: ignore[arg-type]
         self._tx.process_request_headers()
         return self._decide()
 
@@ -167,7 +169,7 @@ class EngineInspection:
     def response_headers(self, status: int, version: str, headers: Headers) -> Decision | None:
         """Phase 3: the response status line and headers."""
         for name, value in headers:
-            self._tx.add_response_header(name, value)
+            self._tx.add_response_header(wire(name), wire(value))  # type: ignore[arg-type]
         protocol = version if version.startswith("HTTP/") else f"HTTP/{version}"
         self._tx.process_response_headers(status, protocol)
         return self._decide()
@@ -200,6 +202,16 @@ class EngineInspection:
             return None
         outcome = Outcome.BLOCK if self._engine.mode is Mode.PREVENT else Outcome.DETECT
         return Decision(outcome, intervention.status, tuple(self._matches), intervention.url)
+
+
+def wire(text: str) -> bytes:
+    """The bytes a front end received, from the ISO 8859-1 text it made of them (the binding
+    would encode a ``str`` as UTF-8 and so double-encode every byte over 0x7f); text that is
+    not ISO 8859-1 came from elsewhere and goes as UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
 
 
 def rule_match(message: RuleMessage) -> RuleMatch:

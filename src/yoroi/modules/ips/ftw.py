@@ -4,7 +4,9 @@ Each YAML file holds ``tests``; each test has ``stages``; each stage an ``input`
 given field by field, or whole as ``raw_request`` / base64 ``encoded_request``) and an
 ``output`` (``status``, ``log_contains``, ``no_log_contains``, ``expect_error``). As go-ftw
 does, a body gets ``Content-Length`` and (form) ``Content-Type`` headers unless given or
-``stop_magic`` is set, and a ``data`` list is joined with CRLF.
+``stop_magic`` is set, and a ``data`` list is joined with CRLF. :meth:`Request.wire` gives the
+bytes a test client puts on the wire: a raw request as written, malformed or not, since what
+the HTTP server makes of malformed requests is part of what the suite tests.
 """
 
 from __future__ import annotations
@@ -24,18 +26,28 @@ Header = tuple[str, str]
 
 
 class MalformedRequest(ValueError):
-    """A raw request that no HTTP server would parse (its stage expects an error)."""
+    """A test request that cannot even be built (e.g. ``encoded_request`` is not base64)."""
 
 
 @dataclass(frozen=True)
 class Request:
-    """One HTTP request of a test stage."""
+    """One HTTP request of a test stage, given field by field or as ``raw`` bytes."""
 
     method: str
     uri: str
     version: str
     headers: tuple[Header, ...]
     body: bytes = b""
+    raw: bytes | None = None
+
+    def wire(self) -> bytes:
+        """The bytes sent to the server: the raw request, or the fields as go-ftw joins them
+        (request line and headers as given, whatever they hold)."""
+        if self.raw is not None:
+            return self.raw
+        lines = [f"{self.method} {self.uri} {self.version}",
+                 *(f"{name}: {value}" for name, value in self.headers)]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
 
 
 @dataclass(frozen=True)
@@ -122,11 +134,11 @@ def _text(value: Any) -> str | None:
 def _request(data: Mapping[str, Any]) -> Request:
     if "encoded_request" in data:
         try:
-            return parse_raw(base64.b64decode(str(data["encoded_request"]), validate=False))
+            return raw_request(base64.b64decode(str(data["encoded_request"]), validate=False))
         except binascii.Error as exc:
             raise MalformedRequest(f"encoded_request is not base64: {exc}") from exc
     if "raw_request" in data:
-        return parse_raw(str(data["raw_request"]).encode("utf-8"))
+        return raw_request(str(data["raw_request"]).encode("utf-8"))
     headers = tuple((str(k), _header_value(v)) for k, v in (data.get("headers") or {}).items())
     body = _body(data.get("data"))
     names = {name.lower() for name, _ in headers}
@@ -162,21 +174,8 @@ def _body(data: Any) -> bytes:
     return str(data).encode("utf-8")
 
 
-def parse_raw(raw: bytes) -> Request:
-    """A request given as bytes on the wire (CRLF or bare LF line ends)."""
-    head, separator, body = raw.partition(b"\r\n\r\n")
-    if not separator:
-        head, separator, body = raw.partition(b"\n\n")
-    lines = head.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not all(parts):
-        raise MalformedRequest(f"request line {lines[0]!r} is not 'METHOD URI VERSION'")
-    headers = tuple(_raw_header(line) for line in lines[1:] if line)
-    return Request(parts[0], parts[1], parts[2], headers, body)
-
-
-def _raw_header(line: str) -> Header:
-    name, colon, value = line.partition(":")
-    if not colon:
-        raise MalformedRequest(f"header line {line!r} has no ':'")
-    return name.strip(), value.strip()
+def raw_request(raw: bytes) -> Request:
+    """A request given as bytes on the wire; only its method is read (a HEAD answer has no
+    body), the rest goes to the server untouched."""
+    method = raw.split(None, 1)[0].decode("latin-1") if raw.strip() else ""
+    return Request(method, "", "", (), raw=raw)

@@ -1,15 +1,16 @@
-"""Run go-ftw regression tests straight through the engine, without a network.
+"""Run go-ftw regression tests through Yoroi's reverse proxy and engine, on loopback.
 
-Each stage's request goes into one :class:`~yoroi.modules.ips.types.Inspection`; the "log"
-that ``log_contains`` searches is one ModSecurity-style line per matched rule
-(``[id "942100"] [msg "..."] ...``) and the status is the engine's block status, or 200 as
-if the application answered. The engine is set up as the CRS project sets up its own
-regression runs (``tests/docker-compose.yml`` of the coreruleset repository): paranoia
-level 4 and its argument and file limits.
+Each stage's request goes byte for byte to an in-process proxy (see
+:mod:`~yoroi.modules.ips.selftest_site`); the "log" that ``log_contains`` searches is one
+ModSecurity-style line per rule that matched (``[id "942100"] [msg "..."] ...``) and the
+status is what the client got. The site is set up as the CRS project sets up its own
+regression runs (``tests/docker-compose.yml`` of the coreruleset repository): rule engine in
+DetectionOnly, paranoia level 4 and its argument and file limits, an httpbin-like backend.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -21,7 +22,8 @@ from yoroi.errors import ConfigError
 from yoroi.modules.ips.crs import RuleSet, data_dir
 from yoroi.modules.ips.engine import Engine, Mode
 from yoroi.modules.ips.ftw import FtwTest, Stage, load_tests
-from yoroi.modules.ips.types import Outcome, RuleMatch
+from yoroi.modules.ips.selftest_site import Site, regression_site
+from yoroi.modules.ips.types import RuleMatch
 
 REGRESSION_PARANOIA = 4
 # The CRS regression setup's limits and checks (BLOCKING_PARANOIA: 4, ARG_LENGTH,
@@ -33,8 +35,6 @@ REGRESSION_SETTINGS: dict[str, str | int] = {
     "combined_file_sizes": 65535,
     "crs_validate_utf8_encoding": 1,
 }
-APPLICATION_STATUS = 200
-CLIENT, SERVER = ("127.0.0.1", 40000), ("127.0.0.1", 80)
 
 
 @dataclass(frozen=True)
@@ -108,43 +108,49 @@ def regression_engine(rules: RuleSet | None = None,
 
 def run_suite(directory: Path, engine: Engine,
               known: Mapping[str, KnownFailure] | None = None) -> Report:
-    """Run every test under ``directory`` through ``engine``."""
+    """Run every test under ``directory`` through ``engine`` behind Yoroi's reverse proxy."""
     return run_tests(load_tests(directory), engine, known)
 
 
 def run_tests(tests: Iterable[FtwTest], engine: Engine,
               known: Mapping[str, KnownFailure] | None = None) -> Report:
     """Run ``tests`` through ``engine``; a test fails at its first failing stage."""
+    return asyncio.run(_run_tests(list(tests), engine, known or {}))
+
+
+async def _run_tests(tests: list[FtwTest], engine: Engine,
+                     known: Mapping[str, KnownFailure]) -> Report:
     failures: list[Failure] = []
     expected: list[Failure] = []
-    total = 0
-    for test in tests:
-        total += 1
-        failure = run_test(engine, test)
-        if failure is not None:
-            (expected if known and test.title in known else failures).append(failure)
-    return Report(total, tuple(failures), tuple(expected))
+    async with regression_site(engine) as site:
+        for test in tests:
+            failure = await run_test(site, test)
+            if failure is not None:
+                (expected if test.title in known else failures).append(failure)
+    return Report(len(tests), tuple(failures), tuple(expected))
 
 
-def run_test(engine: Engine, test: FtwTest) -> Failure | None:
+async def run_test(site: Site, test: FtwTest) -> Failure | None:
     """The first failing stage of ``test``, or None when every stage passes."""
     for number, stage in enumerate(test.stages, 1):
-        reason = run_stage(engine, stage)
+        reason = await run_stage(site, stage)
         if reason is not None:
             where = f"stage {number}: " if len(test.stages) > 1 else ""
             return Failure(test.title, test.source, where + reason)
     return None
 
 
-def run_stage(engine: Engine, stage: Stage) -> str | None:
+async def run_stage(site: Site, stage: Stage) -> str | None:
     """Why the stage fails, or None when it passes."""
     expect = stage.expect
     if stage.request is None:
-        return None if expect.expect_error else f"malformed request: {stage.malformed}"
-    status, matches = exchange(engine, stage)
-    log = "\n".join(log_line(m) for m in matches)
+        return f"cannot build the request: {stage.malformed}"
+    status, matches = await site.exchange(stage.request)
     if expect.expect_error:
-        return f"expected an error, the engine answered {status}"
+        return None if status is None else f"expected an error, the proxy answered {status}"
+    if status is None:
+        return "no answer (connection closed or timed out)"
+    log = "\n".join(log_line(m) for m in matches)
     if expect.status and status not in expect.status:
         return f"status {status}, expected {sorted(expect.status)}"
     if expect.log_contains and not re.search(expect.log_contains, log):
@@ -152,26 +158,6 @@ def run_stage(engine: Engine, stage: Stage) -> str | None:
     if expect.no_log_contains and re.search(expect.no_log_contains, log):
         return f"log contains {expect.no_log_contains!r}"
     return None
-
-
-def exchange(engine: Engine, stage: Stage) -> tuple[int, tuple[RuleMatch, ...]]:
-    """Feed the stage's request (and an empty 200 answer) through one inspection."""
-    request = stage.request
-    assert request is not None
-    inspection = engine.begin(CLIENT, SERVER)
-    decision = inspection.request_headers(request.method, request.uri, request.version,
-                                          request.headers)
-    if decision is None:
-        inspection.request_body(request.body)
-        decision = inspection.request_end()
-    if decision is None:
-        decision = inspection.response_headers(
-            APPLICATION_STATUS, "HTTP/1.1", [("Content-Type", "text/html")])
-    if decision is None:
-        decision = inspection.response_end()
-    matches = inspection.close()
-    blocked = decision is not None and decision.outcome is Outcome.BLOCK
-    return (decision.status if decision and blocked else APPLICATION_STATUS), matches
 
 
 def log_line(match: RuleMatch) -> str:
