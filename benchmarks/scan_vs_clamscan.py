@@ -240,17 +240,20 @@ def measure(label: str, argv: list[str], files: int, size: int, repeat: int,
     """Run ``repeat`` times (``before`` each) and keep the run of median wall time."""
     print(f"running {label}: {' '.join(argv)}", file=sys.stderr, flush=True)
     tries = []
+    loads = []
     for _ in range(repeat):
         if before is not None:
             before()
         tries.append(run_measured(label, argv))
+        loads.append(os.getloadavg()[0])  # the machine is shared: say how busy it was
     tries.sort(key=lambda m: m.wall)
     measured = tries[len(tries) // 2]
     parse = parse_yara if argv[0].endswith("yara") else parse_found
     if measured.exit_code not in (0, 1):
         tail = measured.stderr.strip().splitlines()[-5:]
         print(f"  warning: {label} exited {measured.exit_code}: {tail}", file=sys.stderr)
-    print(f"  {', '.join(f'{m.wall:.2f}' for m in tries)} s", file=sys.stderr, flush=True)
+    print(f"  {', '.join(f'{m.wall:.2f}' for m in tries)} s (1-minute load after each try: "
+          f"{', '.join(f'{load:.1f}' for load in loads)})", file=sys.stderr, flush=True)
     return Run(measured, parse(measured.stdout), files, size, [m.wall for m in tries])
 
 
