@@ -84,7 +84,10 @@ def decode_address(hex_address: str) -> str:
     """The text form of a /proc/net address field (8 hex digits for IPv4, 32 for IPv6)."""
     words = [int(hex_address[i : i + 8], 16) for i in range(0, len(hex_address), 8)]
     raw = b"".join(word.to_bytes(4, sys.byteorder) for word in words)
-    return str(ipaddress.ip_address(raw))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"  # as ss(8) shows it, whatever Python's version
+    return str(address)
 
 
 def parse_net(text: str, proto: str) -> list[ListeningSocket]:
