@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from yoroi.modules.behavior.types import Activity, ContentProfile, FileEvent
 log = logging.getLogger(__name__)
 VerdictHandler = Callable[[int, Verdict], None]
 _STOP = object()
+_PROFILED_LIMIT = 4096
 
 
 class Watch:
@@ -45,7 +47,8 @@ class Watch:
         self.ledger = Ledger()
         self.chains: dict[int, tuple[int, ...]] = {}
         self.counters = {"events": 0, "trusted": 0, "verdicts": 0}
-        self._before: dict[str, Path] = {}  # path -> the copy of its original content
+        self._before: dict[str, ContentProfile] = {}
+        self._profiled: OrderedDict[str, ContentProfile] = OrderedDict()  # by copy id
         self._judged: set[int] = set()
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -63,13 +66,22 @@ class Watch:
         self._queue.put(event)
 
     def remember_original(self, record: BackupRecord, blob: Path) -> None:
-        """From a backup worker: where the content as it was is, for the coming write.
+        """From a backup worker: the content as it was, for the coming write's comparison.
 
-        It is profiled only when an event for the path arrives (most copies never see one:
-        the copy is taken before the change, the change may never come).
+        Profiled here, off the scoring thread (which must keep up with the writer), and once
+        per copy: a copy claimed again reuses its profile.
         """
         with self._lock:
-            self._before[record.path] = blob
+            profile = self._profiled.get(record.id)
+        if profile is None:
+            profile = _profile(blob)
+            if profile is None:
+                return
+        with self._lock:
+            self._before[record.path] = profile
+            self._profiled[record.id] = profile
+            if len(self._profiled) > _PROFILED_LIMIT:
+                self._profiled.popitem(last=False)
 
     def family_pids(self, root: int) -> set[int]:
         """Every process seen acting on behalf of ``root``, living or gone."""
@@ -128,10 +140,12 @@ class Watch:
 
     def _profiles(self, event: FileEvent) -> tuple[ContentProfile | None, ContentProfile | None]:
         with self._lock:
-            blob = self._before.pop(event.path, None)
-            if event.old_path is not None and blob is None:
-                blob = self._before.pop(event.old_path, None)
-        before = _profile(blob) if blob is not None else None
+            if event.activity is Activity.RENAME:  # the original follows the file to its
+                before = None  # new name and waits there for the write that changes it
+                if event.old_path in self._before:
+                    self._before.setdefault(event.path, self._before.pop(event.old_path))
+            else:
+                before = self._before.pop(event.path, None)
         if event.activity is Activity.DELETE:
             return before, None
         try:
