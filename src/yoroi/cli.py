@@ -31,6 +31,7 @@ LAZY_COMMANDS = {
     "quarantine": "yoroi.modules.antimalware.quarantine_cli:quarantine",
     "behavior": "yoroi.modules.behavior.cli:behavior",
     "ips": "yoroi.modules.ips.cli:ips",
+    "integrity": "yoroi.modules.integrity.cli:integrity",
 }
 
 

@@ -1,0 +1,207 @@
+"""``yoroi integrity``: baselines, checks and accepting changes, in the foreground.
+
+Exit status: 0 no change, 1 changes found, 2 usage or runtime error (a tampered baseline too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import click
+
+from yoroi.errors import NotBuiltError, UsageError
+from yoroi.home import Home
+from yoroi.modules.integrity.baseline import BaselineStore, default_jobs, scan
+from yoroi.modules.integrity.check import CheckReport, accept, accept_all, change_json, check
+from yoroi.modules.integrity.policy import IntegrityPolicy, RulePolicy
+from yoroi.modules.integrity.rules import Rule, compile_rule, expand
+from yoroi.modules.integrity.signing import BaselineTampered
+from yoroi.modules.integrity.types import ChangeKind, FileChange
+from yoroi.yamldoc import read_yaml, validate
+
+EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+PROGRESS_EVERY = 0.2
+_jobs_option = click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None,
+                            help="Hashing processes (default: all cores).")
+_quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
+
+
+@click.group("integrity")
+def integrity() -> None:
+    """Integrity monitoring: baselines of files, checks against them, accepted changes."""
+
+
+@integrity.command("baseline")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Take the rules from this policy's integrity section (default: "
+              "<config>/agent.yaml) when no PATH is given.")
+@click.option("--hash", "hash_name", type=click.Choice(["sha256", "blake3"]), default=None,
+              help="Content hash for PATHs (default sha256).")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="With PATHs: skip files whose path or name matches GLOB (repeatable).")
+@click.option("--suspicious", is_flag=True, help="With PATHs: changes are Detection Findings.")
+@click.option("--skip-hash-if-unchanged", is_flag=True, default=None,
+              help="Checks reuse a hash when size, mtime, ctime and inode are unchanged.")
+@_jobs_option
+@_quiet_option
+@click.pass_obj
+def baseline_command(
+    home: Home, paths: tuple[str, ...], config_file: Path | None, hash_name: str | None,
+    exclude: tuple[str, ...], suspicious: bool, skip_hash_if_unchanged: bool | None,
+    jobs: int | None, quiet: bool,
+) -> None:
+    """Record PATH... (or the policy's rules) as the trusted state, signed.
+
+    Directories are walked without following links or entering /proc-like file systems.
+    The baseline goes to <state>/integrity/baseline.msgpack, signed with the agent's Ed25519
+    key (<state>/integrity/key, made on first use).
+    """
+    policy = _policy(home, config_file, paths, hash_name, exclude, suspicious)
+    rules = _rules(policy, paths, exclude, suspicious)
+    skip = policy.skip_hash_if_unchanged if skip_hash_if_unchanged is None \
+        else skip_hash_if_unchanged
+    progress = Progress(sys.stderr, enabled=not quiet and sys.stderr.isatty())
+    started = time.monotonic()
+    made = scan(rules, jobs or policy.jobs or default_jobs(), progress=progress.update)
+    made.skip_hash_if_unchanged = skip
+    store = _store(home)
+    store.save(made)
+    progress.clear()
+    _print_errors(made.errors)
+    if not quiet:
+        _summary("recorded", len(made.states), time.monotonic() - started,
+                 f"baseline: {store.path}")
+    raise SystemExit(EXIT_OK)
+
+
+@integrity.command("check")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per change on stdout.")
+@_jobs_option
+@_quiet_option
+@click.pass_obj
+def check_command(home: Home, as_json: bool, jobs: int | None, quiet: bool) -> None:
+    """Compare the files now with the verified baseline; print every change.
+
+    Exit 1 when something changed. A baseline whose signature does not verify is never used:
+    the check stops with exit 2 (with --json, {"tampered": true, "message": ...} on stdout).
+    """
+    progress = Progress(sys.stderr, enabled=not quiet and sys.stderr.isatty())
+    try:
+        report = check(_store(home), jobs or default_jobs(), progress=progress.update)
+    except BaselineTampered as exc:
+        progress.clear()
+        if as_json:
+            click.echo(json.dumps({"tampered": True, "message": str(exc)}))
+        raise
+    progress.clear()
+    for change in report.changes:
+        click.echo(json.dumps(change_json(change, report)) if as_json
+                   else _change_line(change, report))
+    _print_errors(report.errors)
+    if not quiet:
+        suspicious = sum(1 for c in report.changes if report.suspicious(c))
+        _summary("checked", len(report.current.states), report.elapsed,
+                 f"changes: {len(report.changes)} ({suspicious} suspicious)")
+    raise SystemExit(EXIT_FOUND if report.changes else (EXIT_ERROR if report.errors else EXIT_OK))
+
+
+@integrity.command("accept")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option("--all", "everything", is_flag=True, help="Accept every change (a new baseline).")
+@_jobs_option
+@click.pass_obj
+def accept_command(home: Home, paths: tuple[str, ...], everything: bool,
+                   jobs: int | None) -> None:
+    """Take the current state of PATH... (and below), or of everything, into the baseline."""
+    if everything == bool(paths):
+        raise UsageError("name the PATHs to accept, or --all (not both)")
+    store = _store(home)
+    count = accept_all(store, jobs or default_jobs()) if everything else accept(store, paths)
+    click.echo(f"accepted: {count} entries; baseline re-signed: {store.path}", err=True)
+    raise SystemExit(EXIT_OK)
+
+
+@integrity.command("watch", context_settings={"ignore_unknown_options": True,
+                                              "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def watch_command(args: tuple[str, ...]) -> None:
+    """Report changes as they happen, with who made them (not built yet)."""
+    raise NotBuiltError("'yoroi integrity watch' is not built yet (issue #6, realtime part)")
+
+
+def _store(home: Home) -> BaselineStore:
+    return BaselineStore(home.state_dir / "integrity")
+
+
+def _policy(home: Home, config_file: Path | None, paths: tuple[str, ...], hash_name: str | None,
+            exclude: tuple[str, ...], suspicious: bool) -> IntegrityPolicy:
+    if paths:
+        return IntegrityPolicy(hash=hash_name or "sha256")
+    if exclude or suspicious or hash_name:
+        raise UsageError("--exclude, --suspicious and --hash go with PATHs; the policy's "
+                         "rules say these themselves")
+    path = config_file or home.policy_file
+    doc = read_yaml(path)
+    section = doc.data.get("integrity") if isinstance(doc.data, dict) else None
+    policy = validate(doc, IntegrityPolicy, section, prefix=("integrity",))
+    if not policy.templates and not policy.rules:
+        raise UsageError(f"{path}: the integrity section has no templates or rules; name "
+                         "PATHs or add some")
+    return policy
+
+
+def _rules(policy: IntegrityPolicy, paths: tuple[str, ...], exclude: tuple[str, ...],
+           suspicious: bool) -> tuple[Rule, ...]:
+    if not paths:
+        return expand(policy)
+    spec = RulePolicy(name="command-line", paths=tuple(os.path.abspath(p) for p in paths),
+                      exclude=exclude, suspicious=suspicious)
+    return (compile_rule(spec, policy.hash),)
+
+
+def _change_line(change: FileChange, report: CheckReport) -> str:
+    mark = "!" if report.suspicious(change) else " "
+    if change.kind is ChangeKind.MODIFIED:
+        return f"{mark} modified {change.path} ({', '.join(change.attributes)})"
+    if change.kind is ChangeKind.REMOVED and change.after is not None:
+        return f"{mark} renamed  {change.path} -> {change.after.path}"
+    if change.kind is ChangeKind.ADDED and change.before is not None:
+        return f"{mark} renamed  {change.path} <- {change.before.path}"
+    return f"{mark} {change.kind.value:8} {change.path}"
+
+
+def _print_errors(errors: list[tuple[str, str]]) -> None:
+    for path, reason in errors:
+        click.echo(f"yoroi: {path}: {reason}", err=True)
+
+
+def _summary(verb: str, files: int, seconds: float, tail: str) -> None:
+    rate = files / seconds if seconds > 0 else 0.0
+    click.echo(f"{verb} {files} files in {seconds:.2f} s ({rate:.0f} files/s); {tail}", err=True)
+
+
+class Progress:
+    """One line on a terminal, redrawn a few times a second."""
+
+    def __init__(self, stream: IO[str], enabled: bool) -> None:
+        self.stream, self.enabled = stream, enabled
+        self._last = 0.0
+
+    def update(self, files: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self._last >= PROGRESS_EVERY:
+            self._last = now
+            self.stream.write(f"\r\x1b[K{files} files recorded")
+            self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
