@@ -111,13 +111,14 @@ def load_template(ref: TemplateRef, default_hash: HashName = "sha256",
     """The rules of one template, its parameters filled in."""
     path = (directory or templates_dir()) / f"{ref.name}.yaml"
     doc = read_yaml(path)
-    raw = validate(doc, _TemplateDoc, doc.data)
+    declared = doc.data.get("parameters") if isinstance(doc.data, dict) else None
+    defaults = {str(k): str(v) for k, v in (declared or {}).items()}
     given = {k: v for k, v in ref.model_dump().items() if k != "name" and v is not None}
-    unknown = set(given) - set(raw.parameters)
+    unknown = set(given) - set(defaults)
     if unknown:
         raise PolicyError(f"{path}: template {ref.name!r} takes no parameter "
                           f"{', '.join(sorted(unknown))}")
-    values = {**raw.parameters, **given}
+    values = {**defaults, **given}
     filled = validate(doc, _TemplateDoc, _substitute(doc.data, values))
     return [compile_rule(spec, default_hash) for spec in filled.rules]
 
