@@ -1,6 +1,8 @@
 """The reverse proxy's exchanges: read a request, inspect it phase by phase, forward it upstream
 over a pooled keep-alive connection, inspect and relay the response.
 
+Requests a hardened server refuses are answered before the rules see them, or after the rules
+inspected them (see :mod:`~yoroi.modules.ips.proxy_strict`), and the connection is closed.
 The request body is held (up to the limit) so that phase 2 rules see all of it before a byte
 goes upstream; the response body streams through, with its first ``response_inspect`` bytes
 held back for phase 4 when its type is one ModSecurity inspects.
@@ -27,6 +29,14 @@ from yoroi.modules.ips.frontend import (
     blocked_answer,
     inspect_response_body,
     report,
+)
+from yoroi.modules.ips.proxy_strict import (
+    ALLOW,
+    ClientStream,
+    Refusal,
+    malformed,
+    unserved,
+    upstream_target,
 )
 from yoroi.modules.ips.proxy_upstream import H11Stream, PeerClosed, UpstreamPool
 from yoroi.modules.ips.types import Decision, Inspector
@@ -95,7 +105,7 @@ class ProxyHandler:
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        stream = H11Stream(h11.SERVER, reader, writer, self.limits.header_bytes)
+        stream = ClientStream(reader, writer, self.limits.header_bytes)
         client, server = address(writer, "peername"), address(writer, "sockname")
         try:
             while await self._next_exchange(task, stream, client, server):
@@ -104,7 +114,7 @@ class ProxyHandler:
             del self.busy[task]
             stream.close()
 
-    async def _next_exchange(self, task: asyncio.Task[Any], stream: H11Stream, client: Address,
+    async def _next_exchange(self, task: asyncio.Task[Any], stream: ClientStream, client: Address,
                              server: Address) -> bool:
         """Serve one exchange; whether the connection can carry another."""
         try:
@@ -123,7 +133,7 @@ class ProxyHandler:
             self.busy[task] = False
         return stream.reusable()
 
-    async def _malformed(self, stream: H11Stream, exc: h11.RemoteProtocolError, client: Address,
+    async def _malformed(self, stream: ClientStream, exc: h11.RemoteProtocolError, client: Address,
                          server: Address) -> None:
         status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
         body = b"Bad request.\n"
@@ -135,14 +145,14 @@ class ProxyHandler:
                                   h11.Data(data=body), h11.EndOfMessage())
             except (PeerClosed, h11.LocalProtocolError):
                 pass
-        report(self.on_exchange, Exchange(client, server, "", "", "", status, Action.ALLOWED,
+        report(self.on_exchange, Exchange(client, server, "", "", "", status, Action.BLOCKED,
                                           scheme=self.scheme, error=f"malformed request: {exc}"))
 
 
 class ProxyExchange:
     """One request and its response through the proxy."""
 
-    def __init__(self, handler: ProxyHandler, stream: H11Stream, request: h11.Request,
+    def __init__(self, handler: ProxyHandler, stream: ClientStream, request: h11.Request,
                  client: Address, server: Address) -> None:
         self.handler = handler
         self.limits = handler.limits
@@ -154,6 +164,7 @@ class ProxyExchange:
         self.status = 0
         self.request_bytes = self.response_bytes = 0
         self.error: str | None = None
+        self.refused = False
         self.started = time.perf_counter()
 
     async def run(self) -> None:
@@ -169,6 +180,9 @@ class ProxyExchange:
     async def _run(self) -> None:
         inspection = self.tracker.inspection
         req = self.request
+        refusal = malformed(req, self.stream.fault)
+        if refusal is not None:
+            return await self.refuse_request(refusal, "malformed request")
         decision = self.tracker.check(lambda: inspection.request_headers(
             req.method.decode("latin-1"), req.target.decode("latin-1"),
             req.http_version.decode("latin-1"), as_text(self.raw_headers)))
@@ -180,6 +194,9 @@ class ProxyExchange:
         decision = self.tracker.check(inspection.request_end)
         if decision is not None:
             return await self.refuse(decision)
+        refusal = unserved(req)
+        if refusal is not None:
+            return await self.refuse_request(refusal, "refused")
         await self.forward(body)
 
     async def read_body(self) -> bytes | None:
@@ -227,7 +244,7 @@ class ProxyExchange:
             self.raw_headers, b"transfer-encoding")
         if body or framed is not None:
             headers.append((b"Content-Length", str(len(body)).encode()))
-        target = self.handler.pool.upstream.path.encode() + self.request.target
+        target = self.handler.pool.upstream.path.encode() + upstream_target(self.request.target)
         return h11.Request(method=self.request.method, target=target, headers=headers)
 
     async def forward(self, body: bytes) -> None:
@@ -332,6 +349,17 @@ class ProxyExchange:
         status, headers, body = blocked_answer(decision)
         await self.answer(status, headers, body)
 
+    async def refuse_request(self, refusal: Refusal, kind: str) -> None:
+        """Answer a request the proxy does not take, whatever the rules say, and close."""
+        self.refused = True
+        self.error = f"{kind}: {refusal.reason}"
+        body = f"{h11_reason(refusal.status)}.\n".encode()
+        headers = [("Content-Type", "text/plain; charset=utf-8"),
+                   ("Content-Length", str(len(body))), ("Connection", "close")]
+        if refusal.status == 405:
+            headers.append(("Allow", ALLOW))
+        await self.answer(refusal.status, headers, body)
+
     async def fail(self, status: int, error: str) -> None:
         """Answer an exchange that could not be carried out (400, 408, 413, 502, 504)."""
         self.error = error
@@ -345,7 +373,8 @@ class ProxyExchange:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             self.stream.close()
             return
-        if conn.their_state is h11.SEND_BODY and not await self.drain():
+        # A refused request's body is not read: its answer closes the connection.
+        if conn.their_state is h11.SEND_BODY and not self.refused and not await self.drain():
             headers = [*headers, ("Connection", "close")]
         self.status = status
         self.response_bytes += len(body)
@@ -371,6 +400,8 @@ class ProxyExchange:
 
     def _report(self) -> None:
         action, matches = self.tracker.close()
+        if self.refused:
+            action = Action.BLOCKED
         host = header(self.raw_headers, b"host") or b""
         report(self.handler.on_exchange, Exchange(
             client=self.client, server=self.server,
