@@ -388,14 +388,9 @@ class TransactionHold(Generic[T]):
         return settled
 
 
-def _owners(path: str, after: PackageDatabase, before: PackageDatabase) -> list[str]:
-    name = owned_name(path)
-    return after.owner(name) or before.owner(name)
-
-
 def _settle(
     item: T, paths: Sequence[str], after: PackageDatabase, before: PackageDatabase
 ) -> Settled[T]:
-    found = [_owners(path, after, before) for path in paths]
+    found = [after.owner(owned_name(p)) or before.owner(owned_name(p)) for p in paths]
     owners = tuple(dict.fromkeys(o for group in found for o in group))
     return Settled(item, owners, bool(found) and all(found))
