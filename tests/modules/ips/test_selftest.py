@@ -70,11 +70,11 @@ tests:
                   stop_magic: true}
           output: {expect_error: true}
   - test_title: http-5
-    desc: raw bytes go out as written, bare LF and all
+    desc: raw bytes go out as written, bare LF and all (which the proxy refuses)
     stages:
       - stage:
           input: {raw_request: "GET /?q=<script>alert(1)</script> HTTP/1.1\\nHost: x\\n\\n"}
-          output: {status: 200, log_contains: 'id "941100"'}
+          output: {status: 400, no_log_contains: 'id "941100"'}
 """
 
 
