@@ -37,9 +37,9 @@ def procs() -> FakeProcesses:
 
 
 def _resolver(procs: FakeProcesses, **kw: object) -> WhoResolver:
-    def image(pid: int) -> tuple[str, tuple[str, ...]] | None:
+    def image(pid: int) -> tuple[str, tuple[str, ...], int] | None:
         info = procs.table.get(pid)  # the fake table stands in for /proc/PID/{exe,cmdline}
-        return (info.exe or "", info.cmdline) if info is not None else None
+        return (info.exe or "", info.cmdline, info.uid) if info is not None else None
 
     return WhoResolver(procs, exe_probe=_no_proc, image_probe=image, **kw)  # type: ignore[arg-type]
 
@@ -89,6 +89,7 @@ def test_a_process_that_exited_is_still_known_from_the_connector_fed_cache(
         who.pump()
         actor = who.resolve(800)
         assert actor.source == "cache" and actor.process.exe == "/usr/bin/cp"
+        assert actor.process.cmdline == ("cp", "x", "/etc/y") and actor.process.user == "root"
         assert [p.pid for p in actor.chain] == [200, 100, 1]
         assert who.resolve(999).source == "gone"
     finally:

@@ -6,7 +6,7 @@ a :class:`Transaction` when the process or an ancestor is a package manager run 
 ``apt``, ``apt-get``, ``aptitude``, ``unattended-upgrade``).
 
 A small cache of processes is fed by the proc connector (when one is given): at an exec the
-executable and argv are read from /proc at once (two reads; the full snapshot through the
+executable, argv and uid are read from /proc at once (the full snapshot through the
 ``Processes`` adapter follows on first use), a fork copies the parent's entry, an exit keeps the
 entry for ``grace`` seconds, so that a process that wrote a file and exited before its event
 was read is still known. On look-up, a cached live process is checked against
@@ -17,10 +17,9 @@ Limits, stated plainly:
 - a process that exits (and is reaped) before its exec is handled -- tools like ``chmod`` or
   ``rm`` live about a millisecond -- keeps its parent chain but not its exe and argv; one
   whose fork was not seen either is known by its pid only (``Actor.source == "gone"``);
-- after a fork without exec the child is described by its parent's command line;
-- a re-exec of the same executable with other arguments, not yet announced, keeps the old
-  command line; without a proc connector entries are trusted for ``ttl`` seconds;
-- pids are of the initial pid namespace; ``loginuid`` is None where it was never set.
+- a fork without exec is described by its parent's command line; a re-exec of the same
+  executable with other arguments, not yet announced, keeps the old one; without a proc
+  connector entries are trusted ``ttl`` seconds; pids are of the initial pid namespace.
 
 Package transactions: :class:`TransactionHold` keeps their changes until the package manager
 exits, then looks the owner of each path up in a *fresh* dpkg database (falling back to the one
@@ -48,7 +47,7 @@ from yoroi.platform.linux.proc_connector import (
     ProcEventSource,
     UidEvent,
 )
-from yoroi.platform.linux.process import ProcessesLike, ProcessInfo
+from yoroi.platform.linux.process import ProcessesLike, ProcessInfo, user_name
 
 __all__ = [
     "Actor", "ProcessRef", "Settled", "Transaction", "TransactionHold", "WhoResolver", "owned_name",
@@ -131,17 +130,18 @@ def _proc_exe(pid: int) -> str | None:
     return target.removesuffix(" (deleted)")
 
 
-def _proc_image(pid: int) -> tuple[str, tuple[str, ...]] | None:
-    """exe and argv in two reads: quicker than a full snapshot, for processes about to exit."""
+def _proc_image(pid: int) -> tuple[str, tuple[str, ...], int] | None:
+    """exe, argv and uid in three calls: quicker than a snapshot, for processes about to exit."""
     exe = _proc_exe(pid)
     try:
+        uid = os.stat(f"/proc/{pid}").st_uid
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             raw = handle.read()
     except OSError:
         return None
     if exe is None:
         return None
-    return exe, tuple(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0") if raw)
+    return exe, tuple(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0") if raw), uid
 
 
 class WhoResolver:
@@ -161,7 +161,7 @@ class WhoResolver:
         ttl: float = 1.0,
         max_entries: int = 8192,
         exe_probe: Callable[[int], str | None] = _proc_exe,
-        image_probe: Callable[[int], tuple[str, tuple[str, ...]] | None] = _proc_image,
+        image_probe: Callable[[int], tuple[str, tuple[str, ...], int] | None] = _proc_image,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._procs = processes
@@ -237,12 +237,15 @@ class WhoResolver:
                 entry.exited = self._clock()
 
     def _on_exec(self, pid: int) -> None:
-        # two quick reads now (the process may be gone in a millisecond), the rest on first use
+        # three quick calls now (the process may be gone in a millisecond), the rest on use
         image = self._image(pid)
-        exe, cmdline = image if image is not None else (None, ())
         entry = self._cache.get(pid)
         ref = ProcessRef(pid) if entry is None else entry.ref  # keeps ppid and ids of the fork
-        self._put(pid, _Entry(replace(ref, exe=exe, cmdline=cmdline), self._clock(), partial=True))
+        ref = replace(ref, exe=None, cmdline=())
+        if image is not None:
+            ref = replace(ref, exe=image[0], cmdline=image[1], uid=image[2],
+                          user=user_name(image[2]))  # fmt: skip
+        self._put(pid, _Entry(ref, self._clock(), partial=True))
 
     def _get(self, pid: int) -> tuple[ProcessRef, str] | None:
         entry = self._cache.get(pid)
