@@ -37,6 +37,8 @@ from yoroi.modules.integrity.types import Attribute, FileState
 BASELINE_FILE = "baseline.msgpack"
 FORMAT_VERSION = 1
 BATCH = 256
+SMALL_FILE = 256 * 1024
+CHUNK = 1 << 20
 _TYPES = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
           stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFBLK: "block",
           stat.S_IFCHR: "char"}
@@ -113,7 +115,7 @@ def _record_file(path: str, rule: Rule) -> FileState:
     fd = _open(path)
     try:
         info = os.fstat(fd)
-        digest = _hash_fd(fd, rule.hash) if stat.S_ISREG(info.st_mode) else None
+        digest = _hash_fd(fd, rule.hash, info.st_size) if stat.S_ISREG(info.st_mode) else None
         return _state(path, info, rule, xattrs=_xattrs(fd), digest=digest)
     finally:
         os.close(fd)
@@ -127,11 +129,15 @@ def _open(path: str) -> int:
         return os.open(path, flags)
 
 
-def _hash_fd(fd: int, algorithm: str) -> str:
+def _hash_fd(fd: int, algorithm: str, size: int) -> str:
     digest = _hasher(algorithm)
-    with open(fd, "rb", buffering=0, closefd=False) as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
+    if size <= SMALL_FILE:  # reads of the file's size: no 1 MiB buffer per small file
+        while data := os.read(fd, max(size, 4096)):
+            digest.update(data)
+    else:
+        view = memoryview(bytearray(CHUNK))
+        while count := os.readv(fd, [view]):
+            digest.update(view[:count])
     return str(digest.hexdigest())
 
 
@@ -143,7 +149,7 @@ def _hasher(algorithm: str) -> Any:
             raise PolicyError("hash: blake3 needs the blake3 package (pip install blake3)"
                               ) from None
         return blake3.blake3()
-    return hashlib.new(algorithm)
+    return hashlib.sha256() if algorithm == "sha256" else hashlib.new(algorithm)
 
 
 def _same_version(info: os.stat_result, old: FileState) -> bool:

@@ -62,6 +62,8 @@ class Rule:
 
     def excluded(self, path: str) -> bool:
         """True when an exclusion glob matches the whole path or the name."""
+        if not self.exclude:
+            return False
         name = os.path.basename(path)
         return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(name, g)
                    for g in self.exclude)
