@@ -434,6 +434,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reloads", type=int, default=1000)
     parser.add_argument("--pace", type=float, default=0.02, help="min s between reloads")
     parser.add_argument("--quick", action="store_true", help="5 s runs, 1 repeat, 50 reloads")
+    parser.add_argument("--reload-only", action="store_true",
+                        help="only the correctness check and the reload stability run")
+    parser.add_argument("--yoroi-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for Yoroi, e.g. MALLOC_ARENA_MAX=1")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -483,7 +487,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     apache_argv = ["apache2", "-f", str(conf), "-DFOREGROUND"]
     with running(upstream_argv, up_port, "upstream") as upstream, \
             running(apache_argv, ap_port, "apache") as apache, \
-            running(yoroi_argv, yo_port, "yoroi", stderr=subprocess.PIPE) as yoroi:
+            running(yoroi_argv, yo_port, "yoroi", stderr=subprocess.PIPE,
+                    env=os.environ | dict(e.split("=", 1) for e in args.yoroi_env)) as yoroi:
         assert yoroi.stderr is not None
         watcher = LineWatcher(yoroi.stderr)
         watcher.start()
@@ -491,13 +496,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                    "yoroi": (yo_port, yoroi.pid)}
         results["correctness"] = {name: correctness(port) for name, (port, _) in targets.items()
                                   if name != "upstream"}
-        for port, _ in targets.values():  # warm-up: caches, pools, worker threads
-            run_wrk(port, script, args.connections, 3, None)
-        results["throughput"] = repeated(targets, script, args.connections, args.duration,
-                                         args.repeat)
-        results["latency"] = repeated(targets, script, 1, args.latency_duration, args.repeat)
-        if args.py_spy:
-            results["profile"] = profile(args.py_spy, yoroi.pid, yo_port, script, args)
+        if not args.reload_only:
+            load_tests(results, targets, script, args, yoroi.pid, yo_port)
         results["reload"] = reload_stability(yoroi, watcher, yo_port, args.reloads, args.pace,
                                              args.workers)
         results["inspector_failures"] = watcher.inspector_failures
@@ -505,6 +505,17 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             (workdir / "apache" / "error.log").read_text(errors="replace").splitlines())
     results["load_after"] = os.getloadavg()
     return results
+
+
+def load_tests(results: dict[str, Any], targets: dict[str, tuple[int, int]], script: Path,
+               args: argparse.Namespace, yoroi: int, port: int) -> None:
+    for target_port, _ in targets.values():  # warm-up: caches, pools, worker threads
+        run_wrk(target_port, script, args.connections, 3, None)
+    results["throughput"] = repeated(targets, script, args.connections, args.duration,
+                                     args.repeat)
+    results["latency"] = repeated(targets, script, 1, args.latency_duration, args.repeat)
+    if args.py_spy:
+        results["profile"] = profile(args.py_spy, yoroi, port, script, args)
 
 
 def repeated(targets: dict[str, tuple[int, int]], script: Path, connections: int,
@@ -547,8 +558,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"connections": args.connections, "duration_s": args.duration,
             "latency_duration_s": args.latency_duration, "repeat": args.repeat,
             "yoroi_workers": args.workers, "apache": "event MPM, 2 x 32 threads",
-            "reloads": args.reloads, "pace_s": args.pace, "mix": [r.name for r in MIX],
-            "body_bytes": len(BODY)}
+            "reloads": args.reloads, "pace_s": args.pace, "yoroi_env": args.yoroi_env,
+            "mix": [r.name for r in MIX], "body_bytes": len(BODY)}
 
 
 def rows(results: dict[str, Any]) -> list[list[object]]:
@@ -577,10 +588,11 @@ def report(results: dict[str, Any], markdown: bool) -> None:
     print(json.dumps({k: results[k] for k in ("machine", "versions", "settings")}, indent=1))
     print("correctness:", json.dumps(results["correctness"]))
     print("yoroi inspector failures (fail-open):", results["inspector_failures"])
-    print_table(HEADERS, rows(results))
+    if "throughput" in results:
+        print_table(HEADERS, rows(results))
     reload = {k: v for k, v in results["reload"].items() if k != "samples"}
     print("reload:", json.dumps(reload, indent=1))
-    if markdown:
+    if markdown and "throughput" in results:
         print(markdown_table(HEADERS, rows(results)))
 
 
