@@ -104,7 +104,7 @@ def test_policy_error_names_file_and_line(tmp_path: Path) -> None:
     (("check",), "no baseline"),
     (("accept",), "name the PATHs"),
     (("baseline", "--exclude", "x"), "go with PATHs"),
-    (("watch", "/tmp"), "not built yet"),
+    (("watch",), "Missing argument"),
 ])
 def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...], words: str) -> None:
     (tmp_path / "home" / "etc").mkdir(parents=True)

@@ -14,14 +14,19 @@ from typing import IO
 
 import click
 
-from yoroi.errors import NotBuiltError, UsageError
+from yoroi.errors import BaselineTampered, UsageError
 from yoroi.home import Home
 from yoroi.modules.integrity.baseline import BaselineStore, default_jobs, scan
+from yoroi.modules.integrity.changelog import ChangeLog
 from yoroi.modules.integrity.check import CheckReport, accept, accept_all, change_json, check
 from yoroi.modules.integrity.policy import IntegrityPolicy, RulePolicy
+from yoroi.modules.integrity.realtime import GapReason, RealtimeChange, RealtimeWatcher
 from yoroi.modules.integrity.rules import Rule, compile_rule, expand
-from yoroi.modules.integrity.signing import BaselineTampered
 from yoroi.modules.integrity.types import ChangeKind, FileChange
+from yoroi.modules.integrity.whodata import WhoResolver
+from yoroi.platform.linux.dpkg import DpkgDatabase
+from yoroi.platform.linux.proc_connector import ProcConnector
+from yoroi.platform.linux.process import Processes
 from yoroi.yamldoc import read_yaml, validate
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -127,12 +132,47 @@ def accept_command(home: Home, paths: tuple[str, ...], everything: bool,
     raise SystemExit(EXIT_OK)
 
 
-@integrity.command("watch", context_settings={"ignore_unknown_options": True,
-                                              "allow_extra_args": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def watch_command(args: tuple[str, ...]) -> None:
-    """Report changes as they happen, with who made them (not built yet)."""
-    raise NotBuiltError("'yoroi integrity watch' is not built yet (issue #6, realtime part)")
+@integrity.command("watch")
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per change on stdout.")
+@click.pass_obj
+def watch_command(home: Home, paths: tuple[str, ...], as_json: bool) -> None:
+    """Report changes under PATH... as they happen, with the process, user and package
+    transaction that made them, until Ctrl-C (needs root). Every change is also chained onto
+    <state>/integrity/changes.log."""
+    home.ensure()
+    changes = ChangeLog.at_state(home.state_dir)
+
+    def on_change(change: RealtimeChange) -> None:
+        record = change.as_dict()
+        changes.append(record)
+        click.echo(json.dumps(record) if as_json else _watch_line(change))
+
+    def on_gap(reason: GapReason, watched: tuple[str, ...]) -> None:
+        click.echo(f"yoroi: {reason}: changes may have been missed under {', '.join(watched)};"
+                   " run 'yoroi integrity check'", err=True)
+
+    who = WhoResolver(Processes(), connector=ProcConnector())
+    with RealtimeWatcher(paths, on_change, on_gap, who=who, packages=DpkgDatabase):
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    raise SystemExit(EXIT_OK)
+
+
+def _watch_line(change: RealtimeChange) -> str:
+    actor = change.actor
+    who = f"pid {change.pid}"
+    if actor is not None:
+        process = actor.process
+        who += f" {process.exe or '?'} ({process.user or process.uid}/{process.login_user or '-'})"
+    moved = f" <- {change.old_path}" if change.old_path else ""
+    package = f" [{', '.join(change.packages) or 'package manager'}" \
+              f"{', expected' if change.expected else ''}]" if actor and actor.transaction else ""
+    return f"{change.kind.value:6} {change.path}{moved} by {who}{package}"
 
 
 def _store(home: Home) -> BaselineStore:
