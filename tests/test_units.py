@@ -33,3 +33,11 @@ def test_durations(text: str | float, expected: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("value", [None, [], {}, True])
+def test_values_of_the_wrong_type_are_value_errors(value: object) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ turns any of them into one clear line on stderr and exit status 2, never a trace
     │   ├── Unsupported        ... because this kernel or file system lacks the facility
     │   └── ProcessGone        ... because the process exited meanwhile
     ├── ScanError              a file could not be scanned (the scan goes on: verdict "error")
+    ├── BaselineTampered       a stored integrity baseline fails its signature check (an alert)
     ├── SinkError              an event sink cannot write (the bus counts and retries)
     ├── ActionError            the responder could not carry out an action
     │   └── ActionRefused      ... because policy or a safety rule forbids it
@@ -72,6 +73,10 @@ class ProcessGone(PlatformError):
 
 class ScanError(YoroiError):
     """A file could not be scanned (YARA refused it, it timed out); the scan goes on."""
+
+
+class BaselineTampered(YoroiError):
+    """A stored baseline (or its key) fails verification: someone changed it. An alert."""
 
 
 class SinkError(YoroiError):

@@ -12,10 +12,12 @@ _DURATION_FACTORS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 6
 
 def parse_size(text: str | int) -> int:
     """Bytes from ``123``, ``64K``, ``2M``, ``1.5G``, ``1GiB`` (binary multiples)."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError(f"size {text} is negative")
         return text
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a size; write e.g. 512K, 64M or 2G")
     match = _SIZE.match(text)
     if match is None:
         raise ValueError(f"{text!r} is not a size; write e.g. 512K, 64M or 2G")
@@ -24,10 +26,12 @@ def parse_size(text: str | int) -> int:
 
 def parse_duration(text: str | float) -> float:
     """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``1w`` or ``250ms``."""
-    if isinstance(text, int | float):
+    if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ValueError(f"duration {text} is negative")
         return float(text)
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 15m, 12h or 7d")
     match = _DURATION.match(text)
     if match is None:
         raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 15m, 12h or 7d")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from yoroi.errors import UsageError
+from yoroi.errors import BaselineTampered, UsageError
 from yoroi.modules.integrity.baseline import BaselineStore, record, scan
 from yoroi.modules.integrity.rules import Rule, path_rule
-from yoroi.modules.integrity.signing import BaselineTampered
 from yoroi.modules.integrity.types import Attribute
 
 

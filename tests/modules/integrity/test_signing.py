@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from yoroi.errors import YoroiError
+from yoroi.errors import BaselineTampered, YoroiError
 from yoroi.modules.integrity.signing import (
     KEY_FILE,
     MAGIC,
     PUBLIC_KEY_FILE,
-    BaselineTampered,
     load_keys,
 )
 

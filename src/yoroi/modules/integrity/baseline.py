@@ -28,10 +28,10 @@ from typing import Any
 
 import msgspec
 
-from yoroi.errors import PolicyError, UsageError
+from yoroi.errors import BaselineTampered, PolicyError, UsageError
 from yoroi.modules.antimalware.walker import pseudo_devices
 from yoroi.modules.integrity.rules import Rule, walk
-from yoroi.modules.integrity.signing import BaselineTampered, load_keys
+from yoroi.modules.integrity.signing import load_keys
 from yoroi.modules.integrity.types import Attribute, FileState
 
 BASELINE_FILE = "baseline.msgpack"

@@ -20,15 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from yoroi.errors import YoroiError
+from yoroi.errors import BaselineTampered, YoroiError
 
 MAGIC = b"YOROI-IB1\n"
 SIGNATURE_SIZE = 64
 KEY_FILE, PUBLIC_KEY_FILE = "key", "key.pub"
-
-
-class BaselineTampered(YoroiError):
-    """A stored baseline (or its key) fails verification: someone changed it. An alert."""
 
 
 @dataclass(frozen=True)
