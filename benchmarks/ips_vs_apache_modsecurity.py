@@ -431,7 +431,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; median kept")
     parser.add_argument("--workers", type=int, default=2, help="Yoroi workers")
-    parser.add_argument("--reloads", type=int, default=1000)
+    parser.add_argument("--reloads", type=int, help="SIGHUPs to Yoroi (default 1000)")
     parser.add_argument("--pace", type=float, default=0.02, help="min s between reloads")
     parser.add_argument("--quick", action="store_true", help="5 s runs, 1 repeat, 50 reloads")
     parser.add_argument("--reload-only", action="store_true",
@@ -447,7 +447,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--yoroi", default=str(Path(sys.executable).with_name("yoroi")))
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.latency_duration, args.repeat, args.reloads = 5, 5, 1, 50
+        args.duration, args.latency_duration, args.repeat = 5, 5, 1
+    if args.reloads is None:
+        args.reloads = 50 if args.quick else 1000
     return args
 
 
