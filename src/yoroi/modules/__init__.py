@@ -44,9 +44,11 @@ def default_modules() -> dict[str, type[Module]]:
     """The built-in modules of this version, by policy-section name (imported on demand)."""
     from yoroi.modules.antimalware.module import AntimalwareModule
     from yoroi.modules.behavior.module import BehaviorModule
+    from yoroi.modules.integrity.module import IntegrityModule
     from yoroi.modules.ips.module import IpsModule
 
-    return {"antimalware": AntimalwareModule, "behavior": BehaviorModule, "ips": IpsModule}
+    return {"antimalware": AntimalwareModule, "behavior": BehaviorModule, "ips": IpsModule,
+            "integrity": IntegrityModule}
 
 
 def module_classes() -> dict[str, type[Module]]:

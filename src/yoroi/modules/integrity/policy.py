@@ -122,6 +122,8 @@ class IntegrityPolicy(ModulePolicy):
     )
     hash: HashName = "sha256"
     jobs: int | None = Field(None, ge=1, le=256, description="Hashing processes; default: cores.")
+    realtime: bool = Field(False, description="Also report changes as they happen (fanotify).")
+    entities: bool = Field(True, description="Also watch users, packages, ports, units, ...")
 
     @field_validator("templates", mode="before")
     @classmethod
