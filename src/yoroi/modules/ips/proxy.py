@@ -6,7 +6,8 @@ share the port and the kernel spreads connections among them), terminates TLS wh
 site's certificate, and hands each connection to a
 :class:`~yoroi.modules.ips.proxy_http.ProxyHandler`. ``reload()`` (SIGHUP) builds a new
 inspector off the event loop and swaps it in for new exchanges; exchanges in flight finish on the
-one they started with, and no connection is dropped.
+one they started with, and no connection is dropped. ``drain()`` hands a worker's traffic over to
+a newer worker process (see :mod:`~yoroi.modules.ips.workers`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from yoroi.modules.ips.types import Inspector
 log = logging.getLogger(__name__)
 
 InspectorFactory = Callable[[], Inspector]
+
+DRAIN_IDLE = 1.0  # how long a draining worker waits for a keep-alive connection's next request
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -145,16 +148,31 @@ class ProxyServer:
     async def stop(self) -> None:
         """Stop listening, close idle keep-alive connections, let exchanges in flight finish
         (up to ``grace`` seconds), then close the rest."""
+        await self._finish(idle=0.0)
+
+    async def drain(self, idle: float = DRAIN_IDLE) -> None:
+        """Hand over to a newer worker on the same port: stop listening, answer each
+        connection's next request with ``Connection: close`` (clients then connect again, to
+        the new worker), close connections still idle after ``idle`` seconds, and stop once
+        all are done (or ``grace`` seconds have passed)."""
+        self.handler.draining = True
+        await self._finish(idle=idle)
+
+    async def wait_stopped(self) -> None:
+        """Return once ``stop()`` or ``drain()`` has finished."""
+        await self._stopped.wait()
+
+    async def _finish(self, idle: float) -> None:
         if self._server is not None:
             self._server.close()
-        deadline = asyncio.get_running_loop().time() + self.config.grace
-        while True:
-            for task, busy in list(self.handler.busy.items()):
-                if not busy:
-                    task.cancel()
-            if not self.handler.busy or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while self.handler.busy and loop.time() - started <= self.config.grace:
+            if loop.time() - started >= idle:
+                for task, busy in list(self.handler.busy.items()):
+                    if not busy:
+                        task.cancel()
+            await asyncio.sleep(0.02 if idle else 0.05)
         for task in list(self.handler.busy):
             task.cancel()
         self.handler.pool.close()

@@ -97,6 +97,7 @@ class ProxyHandler:
         self.on_exchange = on_exchange
         self.scheme = scheme
         self.busy: dict[asyncio.Task[Any], bool] = {}  # connection task -> inside an exchange
+        self.draining = False  # a newer worker took over: every answer closes its connection
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -309,6 +310,8 @@ class ProxyExchange:
             upstream.close()
             return await self.refuse(decision)
         self.status = response.status_code
+        if self.handler.draining:
+            headers.append((b"Connection", b"close"))
         await self.stream.send(h11.Response(status_code=response.status_code, headers=headers,
                                             reason=response.reason))
         for chunk in held:
@@ -374,7 +377,8 @@ class ProxyExchange:
             self.stream.close()
             return
         # A refused request's body is not read: its answer closes the connection.
-        if conn.their_state is h11.SEND_BODY and not self.refused and not await self.drain():
+        if self.handler.draining or (conn.their_state is h11.SEND_BODY and not self.refused
+                                     and not await self.drain()):
             headers = [*headers, ("Connection", "close")]
         self.status = status
         self.response_bytes += len(body)
