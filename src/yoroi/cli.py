@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     "behavior": "yoroi.modules.behavior.cli:behavior",
     "ips": "yoroi.modules.ips.cli:ips",
     "integrity": "yoroi.modules.integrity.cli:integrity",
+    "appcontrol": "yoroi.modules.appcontrol.cli:appcontrol",
 }
 
 
