@@ -119,7 +119,7 @@ def ancestors(openers: OpenersLike, pid: int, limit: int = 64) -> list[int]:
     """``pid``'s parent, grandparent, ... up to (not including) 0; stops on a loop or gap."""
     chain: list[int] = []
     ppid = openers.ppid(pid)
-    while ppid and ppid not in chain and len(chain) < limit:
+    while ppid and ppid != pid and ppid not in chain and len(chain) < limit:
         chain.append(ppid)
         ppid = openers.ppid(ppid)
     return chain
