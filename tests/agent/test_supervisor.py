@@ -112,3 +112,16 @@ async def test_reload_applies_a_good_policy_and_refuses_a_bad_one(tmp_path: Path
 
     agent.request_stop()
     await asyncio.wait_for(running, 10)
+
+
+async def test_status_reports_what_each_sink_sent_and_dropped(tmp_path: Path) -> None:
+    text = POLICY.replace("crasher: {enabled: true}", "").replace("badstart: {enabled: true}", "")
+    text = text.replace("status_interval: 0", "status_interval: 0.05")
+    said: list[str] = []
+    agent = make_agent(tmp_path, text, said)
+    running = asyncio.create_task(agent.run())
+    await wait_until(lambda: any(line.startswith("events to ") for line in said))
+    agent.request_stop()
+    await asyncio.wait_for(running, 10)
+    line = next(line for line in said if line.startswith("events to "))
+    assert "connected; sent " in line and ", dropped 0" in line

@@ -163,6 +163,16 @@ class Agent:
         out.update({name: runner.status() for name, runner in self.runners.items()})
         return out
 
+    def sink_status(self) -> list[str]:
+        """One line per event sink: what it sent, holds, spooled and dropped."""
+        lines = []
+        for sink in self.bus.sinks:
+            s = sink.stats()
+            state = "connected" if s.connected else f"down ({s.last_error or 'not connected'})"
+            lines.append(f"events to {s.name}: {state}; sent {s.sent}, queued {s.queued}, "
+                         f"spooled {s.spooled}, dropped {s.dropped}")
+        return lines
+
     def _summary(self) -> str:
         running = sorted(self.runners)
         return f"{len(running)} module(s): {', '.join(running) or 'none enabled'}"
@@ -187,6 +197,8 @@ class Agent:
             for name, status in self.statuses().items():
                 if status.health is not Health.DISABLED:
                     self.say(f"{name}: {status.health} {status.detail}".rstrip())
+            for line in self.sink_status():
+                self.say(line)
 
     async def _shutdown(self) -> None:
         self.notifier.stopping()
