@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from yoroi.modules.appcontrol.enforcer import Enforcer, Execution, Scope
+from yoroi.modules.appcontrol.inventory import file_entry
 from yoroi.modules.appcontrol.loaders import LoadKind
-from yoroi.modules.appcontrol.types import Decision, FileIdentity, Mode, Reason
+from yoroi.modules.appcontrol.trust import TrustDatabase
+from yoroi.modules.appcontrol.types import Decision, FileIdentity, Mode, Reason, Source
 from yoroi.platform.fakes.sysctl import FakeSysctl
 
 LD_SO = "/lib64/ld-linux-x86-64.so.2"
@@ -189,6 +191,32 @@ def test_own_process_is_never_denied(box: Path, running: Enforcer) -> None:
     # new.py is code to the rules (a python process opening .py), yet we opened it ourselves.
     assert (box / "new.py").read_text().startswith("raise")
     assert running.stats().protected >= 1
+
+
+@pytest.mark.root
+def test_a_verdict_changes_once_the_cache_is_cleared(box: Path, recorder: Recorder) -> None:
+    judge = ShaJudge(set())
+    with enforcer_on(box, Mode.ENFORCE, recorder, judge=judge) as enforcer:
+        assert run(box, "./known") == -1
+        judge.trusted.add(sha(box / "known"))
+        assert run(box, "./known") == -1  # still the cached verdict
+        enforcer.clear_cache()
+        assert run(box, "./known") == 0
+
+
+@pytest.mark.root
+def test_with_the_trust_database(box: Path, recorder: Recorder, tmp_path: Path) -> None:
+    db = TrustDatabase(tmp_path / "state" / "trust.msgpack")
+    db.add([file_entry(box / name, Source.INVENTORY) for name in ("known", "known.sh")])
+    with enforcer_on(box, Mode.ENFORCE, recorder, judge=db):
+        assert run(box, "./known") == 0
+        assert run(box, "./known.sh") == 0
+        assert run(box, "./new") == -1
+        assert run(box, "./changed") == -1
+        (box / "known").chmod(0o775)
+        assert run(box, "./known") == -1
+    reasons = {d.reason for d, _ in recorder.wait_for(3)}
+    assert reasons == {Reason.UNKNOWN, Reason.CHANGED}
 
 
 @pytest.mark.root

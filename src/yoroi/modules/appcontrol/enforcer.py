@@ -206,6 +206,11 @@ class Enforcer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def clear_cache(self) -> None:
+        """Forget every verdict: call after the trust database changed (allow, maintenance)."""
+        with self._lock:
+            self._cache.clear()
+
     def stats(self) -> EnforcerStats:
         """A copy of the counters."""
         with self._lock:
