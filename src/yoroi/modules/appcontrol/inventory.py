@@ -154,13 +154,11 @@ def run_inventory(
 ) -> InventoryReport:
     """Record the code under ``dirs`` (default :func:`default_dirs`) in ``db`` and save it.
 
-    ``packages`` verifies package files (default: this host's dpkg database, when there is
-    one). Unreadable files are listed in the report's errors and left out.
+    ``packages`` verifies package files (:func:`host_packages` for this host's dpkg database;
+    None: no verification). Unreadable files are listed in the report's errors and left out.
     """
     started = time.monotonic()
     roots = normalise_dirs(dirs) if dirs is not None else default_dirs()
-    if packages is None:
-        packages = host_packages()
     report = InventoryReport(dirs=roots)
     found: list[tuple[TrustEntry, FileIdentity | None]] = []
     tasks = _tasks(db, roots, packages, report, found)

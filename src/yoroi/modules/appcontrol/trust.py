@@ -262,6 +262,10 @@ class TrustDatabase:
             self._locations = rules.location_matcher()
             self._cache = self._seeded(self._index)
 
+    def clear_cache(self) -> None:
+        """Forget every cached judgement, the inventory's seeds too (each file is read again)."""
+        self._cache = {}
+
     def add(self, entries: Iterable[tuple[TrustEntry, FileIdentity | None]]) -> int:
         """Record entries (replacing those at the same paths); call :meth:`save` to keep them."""
         with self._lock:
