@@ -12,12 +12,13 @@ from yoroi.modules.appcontrol.inventory import (
     InventoryProgress,
     default_dirs,
     host_packages,
+    identity_of,
     is_library_name,
     normalise_dirs,
     package_entries,
     run_inventory,
 )
-from yoroi.modules.appcontrol.trust import TrustDatabase, identity_of
+from yoroi.modules.appcontrol.trust import TrustDatabase
 from yoroi.modules.appcontrol.types import Reason, Source
 from yoroi.platform.fakes.dpkg import FakeDpkgDatabase
 

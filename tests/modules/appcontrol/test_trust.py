@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 
 from yoroi.errors import PlatformError
-from yoroi.modules.appcontrol.inventory import file_entry, run_inventory
+from yoroi.modules.appcontrol.inventory import file_entry, identity_of, run_inventory
 from yoroi.modules.appcontrol.trust import (
     CHANGED_CONTENT,
     CHANGED_PATH,
     CHANGED_PERMISSIONS,
     RuleSet,
     TrustDatabase,
-    identity_of,
 )
 from yoroi.modules.appcontrol.types import Decision, Reason, Source
 

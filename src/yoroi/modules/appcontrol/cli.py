@@ -27,8 +27,8 @@ from yoroi.modules.appcontrol.inventory import (
     run_inventory,
 )
 from yoroi.modules.appcontrol.policy import AppcontrolPolicy
-from yoroi.modules.appcontrol.trust import TrustDatabase, entry_json
-from yoroi.modules.appcontrol.types import Source
+from yoroi.modules.appcontrol.trust import TrustDatabase
+from yoroi.modules.appcontrol.types import Source, TrustEntry
 from yoroi.platform.linux.dpkg import PackageDatabase
 from yoroi.yamldoc import read_yaml, validate
 
@@ -249,3 +249,9 @@ class _Progress:
         if self.enabled:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+def entry_json(entry: TrustEntry) -> dict[str, Any]:
+    """A trust entry as JSON."""
+    return {"path": entry.path, "sha256": entry.sha256, "size": entry.size,
+            "mode": f"{entry.mode:04o}", "source": entry.source.value, "package": entry.package}

@@ -18,6 +18,7 @@ with the same identity (device, inode, change time, size) is not read again.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import stat
@@ -27,17 +28,21 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yoroi.errors import UsageError
 from yoroi.modules.antimalware.walker import pseudo_devices
-from yoroi.modules.appcontrol.trust import PERMISSION_BITS, TrustDatabase, hash_fd, identity_of
 from yoroi.modules.appcontrol.types import FileIdentity, Source, TrustEntry
 from yoroi.platform.linux.dpkg import DpkgDatabase, PackageDatabase
+
+if TYPE_CHECKING:  # the trust database reads files with this module's helpers
+    from yoroi.modules.appcontrol.trust import TrustDatabase
 
 STANDARD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 DEFAULT_GLOBS = ("/usr/lib*", "/lib*", "/opt", "/usr/local")
 BATCH = 64
+READ_SIZE = 1 << 20
+PERMISSION_BITS = 0o7777
 _LIBRARY = re.compile(r"\.so(?:\.[^/]*)?$")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -93,6 +98,34 @@ class _Hashed:
     identity: FileIdentity | None
     md5: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Digest:
+    """What one read of a file yields."""
+
+    sha256: str
+    md5: str | None
+    size: int
+
+
+def hash_fd(fd: int, want_md5: bool = False) -> Digest:
+    """SHA-256 (and MD5 when asked) of the file open at ``fd``, read with ``pread`` from
+    offset 0 so that the descriptor's own offset is left alone."""
+    sha = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
+    offset = 0
+    while chunk := os.pread(fd, READ_SIZE, offset):
+        sha.update(chunk)
+        if md5 is not None:
+            md5.update(chunk)
+        offset += len(chunk)
+    return Digest(sha.hexdigest(), md5.hexdigest() if md5 else None, offset)
+
+
+def identity_of(info: os.stat_result) -> FileIdentity:
+    """The :class:`FileIdentity` of a ``stat`` result."""
+    return FileIdentity(info.st_dev, info.st_ino, info.st_ctime_ns, info.st_size)
 
 
 def default_dirs() -> list[str]:

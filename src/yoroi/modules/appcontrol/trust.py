@@ -20,14 +20,13 @@ reads the file through the descriptor it is given, never by path, since a fanoti
 handler that opens a watched file would wait on itself. The cache is seeded with the
 identities the inventory saw, so the first exec after turning the module on is a hit too.
 
-Storage: ``<state>/appcontrol/trust.msgpack``, written whole and atomically (temporary file,
-fsync, rename). Policy rules are not stored: the module sets them with :meth:`set_rules`.
+Storage: ``<state>/appcontrol/trust.msgpack``, written whole and atomically. Policy rules are
+not stored: the module sets them with :meth:`set_rules`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import re
 import threading
@@ -35,18 +34,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from yoroi.errors import PlatformError
+from yoroi.modules.appcontrol.inventory import PERMISSION_BITS, hash_fd, identity_of
 from yoroi.modules.appcontrol.types import Decision, FileIdentity, Reason, Source, TrustEntry
 
 TRUST_FILE = "trust.msgpack"
 FORMAT_VERSION = 1
-PERMISSION_BITS = 0o7777
 CACHE_LIMIT = 262_144
-READ_SIZE = 1 << 20
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 # Decision.rule for Reason.CHANGED: what differs from the trusted file.
@@ -94,34 +91,6 @@ class JudgeCounters:
     hits: int = 0
     misses: int = 0
     bytes_hashed: int = 0
-
-
-@dataclass(frozen=True)
-class Digest:
-    """What one read of a file yields."""
-
-    sha256: str
-    md5: str | None
-    size: int
-
-
-def hash_fd(fd: int, want_md5: bool = False) -> Digest:
-    """SHA-256 (and MD5 when asked) of the file open at ``fd``, read with ``pread`` from
-    offset 0 so that the descriptor's own offset is left alone."""
-    sha = hashlib.sha256()
-    md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
-    offset = 0
-    while chunk := os.pread(fd, READ_SIZE, offset):
-        sha.update(chunk)
-        if md5 is not None:
-            md5.update(chunk)
-        offset += len(chunk)
-    return Digest(sha.hexdigest(), md5.hexdigest() if md5 else None, offset)
-
-
-def identity_of(info: os.stat_result) -> FileIdentity:
-    """The :class:`FileIdentity` of a ``stat`` result."""
-    return FileIdentity(info.st_dev, info.st_ino, info.st_ctime_ns, info.st_size)
 
 
 @dataclass
@@ -427,9 +396,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def entry_json(entry: TrustEntry) -> dict[str, Any]:
-    """A trust entry as JSON."""
-    return {"path": entry.path, "sha256": entry.sha256, "size": entry.size,
-            "mode": f"{entry.mode:04o}", "source": entry.source.value, "package": entry.package}
