@@ -90,7 +90,7 @@ def aide_conf(work: Path, tree: str, workers: int) -> Path:
 
 
 def aide_entries(run: Measurement) -> int | None:
-    found = re.search(r"Number of entries:\s*(\d+)", run.stdout)
+    found = re.search(r"number of entries:\s*(\d+)", run.stdout, re.I)  # "Total n..." on changes
     return int(found.group(1)) if found else None
 
 
@@ -168,6 +168,7 @@ def files_rows(tools: list[Tool]) -> tuple[list[list[object]], dict[str, Any]]:
             summary[f"{tool.name} {phase}"] = {
                 "entries": entries, "median": run, "all_walls": [r.wall for r in tool.runs[phase]],
                 "changes_reported": changes,
+                "report_head": [r.stdout[:3000] for r in tool.runs[phase] if r.exit_code],
             }
     return rows, summary
 
