@@ -10,7 +10,10 @@ inspected (ModSecurity only skips the rest of the phase in which a rule denied).
 from __future__ import annotations
 
 import enum
+import itertools
+import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +99,14 @@ class Engine:
         self._modsec = _modsecurity()
         self._rules = RulesSet()
         self.rule_count = self._load(rules, settings, tuple(exclusions))
+        # Unique transaction ids of our own: without one, libmodsecurity seeds a
+        # std::random_device for each transaction (a quarter of its cost).
+        self._id_prefix = f"{time.time_ns():x}-{os.getpid()}-"
+        self._ids = itertools.count(1)
+
+    def transaction_id(self) -> str:
+        """A new transaction id (ModSecurity's ``UNIQUE_ID``), unique across processes."""
+        return f"{self._id_prefix}{next(self._ids)}"
 
     def begin(self, client: tuple[str, int], server: tuple[str, int]) -> EngineInspection:
         """Open one exchange (a ModSecurity transaction) between ``client`` and ``server``."""
@@ -140,7 +151,7 @@ class EngineInspection:
     def __init__(self, engine: Engine, client: tuple[str, int],
                  server: tuple[str, int]) -> None:
         self._engine = engine
-        self._tx = Transaction(engine._modsec, engine._rules)
+        self._tx = Transaction(engine._modsec, engine._rules, engine.transaction_id())
         self._matches: list[RuleMatch] = []
         self._closed = False
         self._tx.process_connection(client[0], client[1], server[0], server[1])
@@ -196,10 +207,10 @@ class EngineInspection:
         self._matches.extend(rule_match(m) for m in messages[len(self._matches):])
 
     def _decide(self) -> Decision | None:
-        self._collect()
         intervention = self._tx.intervention()
         if intervention is None or not intervention.disruptive:
-            return None
+            return None  # the rule messages are read once, at close
+        self._collect()
         outcome = Outcome.BLOCK if self._engine.mode is Mode.PREVENT else Outcome.DETECT
         return Decision(outcome, intervention.status, tuple(self._matches), intervention.url)
 

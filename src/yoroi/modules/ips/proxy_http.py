@@ -312,19 +312,23 @@ class ProxyExchange:
         self.status = response.status_code
         if self.handler.draining:
             headers.append((b"Connection", b"close"))
-        await self.stream.send(h11.Response(status_code=response.status_code, headers=headers,
-                                            reason=response.reason))
-        for chunk in held:
-            await self.send_data(chunk)
+        # The head, the held prefix and (when that was all) the end go out in one write.
+        events: list[Any] = [h11.Response(status_code=response.status_code, headers=headers,
+                                          reason=response.reason)]
+        events += [h11.Data(data=chunk) for chunk in held]
+        self.response_bytes += sum(len(chunk) for chunk in held)
+        if done:
+            events.append(h11.EndOfMessage())
+        await self.stream.send(*events)
         while not done:
             event = await upstream.next_event(self.limits.upstream_read)
             if isinstance(event, h11.Data):
                 await self.send_data(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 done = True
+                await self.stream.send(h11.EndOfMessage())
             else:
                 raise PeerClosed("upstream closed in the response body")
-        await self.stream.send(h11.EndOfMessage())
 
     async def hold_prefix(self, upstream: H11Stream) -> tuple[list[bytes], bool]:
         """Read (and inspect) up to the inspection limit; the chunks and whether that was all."""
