@@ -407,7 +407,9 @@ class ProxyExchange:
         return False
 
     def _report(self) -> None:
-        action, matches = self.tracker.close()
+        action, matches = self.tracker.close()  # the logging phase runs whoever listens
+        if self.handler.on_exchange is None:
+            return
         if self.refused:
             action = Action.BLOCKED
         host = header(self.raw_headers, b"host") or b""
