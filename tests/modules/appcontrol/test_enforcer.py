@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from yoroi.modules.appcontrol.enforcer import Enforcer, Execution, Scope
@@ -252,6 +253,31 @@ def test_stop_releases_a_pending_exec(box: Path, recorder: Recorder) -> None:
     finally:
         enforcer.stop()
     assert child.wait(timeout=2) == 1  # /bin/false ran: allowed at stop
+
+
+@pytest.mark.root
+def test_stop_releases_an_exec_by_a_child_of_the_enforcer_process(
+    box: Path, recorder: Recorder
+) -> None:
+    """Between fork and exec the child holds a copy of the group descriptor: stop must still
+    answer it (unmark, drain, close) rather than rely on closing the group."""
+    judge = ShaJudge(set(), delay=3.0)
+    enforcer = enforcer_on(box, Mode.ENFORCE, recorder, judge=judge, decision_timeout=30.0)
+    statuses: list[int] = []
+    enforcer.start()
+    argv = ["./new"]  # close_fds=False: the child keeps its copy of the group until exec
+    child = lambda: statuses.append(subprocess.run(argv, cwd=box, close_fds=False).returncode)  # noqa: E731
+    runner = threading.Thread(target=child)
+    try:
+        runner.start()
+        assert judge.entered.wait(TIMEOUT)
+    finally:
+        enforcer.stop()
+        runner.join(timeout=3)
+        stuck = [c for c in psutil.Process().children() if c.status() == psutil.STATUS_DISK_SLEEP]
+        for child in stuck:  # only if the test fails: never leave a process waiting
+            child.kill()
+    assert statuses == [1]
 
 
 SHELL_RUN_NEW = ["sh", "-c", "./new"]

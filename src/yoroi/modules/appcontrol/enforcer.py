@@ -32,14 +32,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from yoroi.errors import PlatformError
 from yoroi.modules.appcontrol.loaders import (
     DEFAULT_INTERPRETERS,
     DEFAULT_LOADERS,
+    Execution,
     LoadKind,
     LoadRules,
     OpenersLike,
     ProcOpeners,
     ancestors,
+    describe,
 )
 from yoroi.modules.appcontrol.memfd import MemfdGuard, is_memfd_path, memfd_decision
 from yoroi.modules.appcontrol.types import Decision, FileIdentity, Mode, Reason
@@ -56,8 +59,8 @@ from yoroi.platform.linux.sysctl import Sysctl, SysctlLike
 log = logging.getLogger(__name__)
 
 _CACHE_MAX = 65_536
-_PARENTS_MAX = 8
 _READ_TIMEOUT = 0.2  # how often the reader looks at the stop flag
+_MASK = FanMask.OPEN_EXEC_PERM | FanMask.OPEN_PERM
 
 
 class Judge(Protocol):
@@ -73,18 +76,6 @@ class Scope:
 
     paths: tuple[str, ...] = ()
     uids: frozenset[int] = frozenset()
-
-
-@dataclass(frozen=True)
-class Execution:
-    """Who tried to run what: the process behind an event, read when it was reported."""
-
-    pid: int
-    path: str
-    kind: LoadKind
-    exe: str | None
-    cmdline: tuple[str, ...]
-    parents: tuple[tuple[int, str | None], ...]  # (pid, exe), parent first
 
 
 @dataclass
@@ -177,7 +168,7 @@ class Enforcer:
         fan = self._make_fanotify(self._timeout, self._deadman)
         try:
             for path in self._paths:
-                fan.mark(path, FanMask.OPEN_EXEC_PERM | FanMask.OPEN_PERM, kind=self._mark_kind)
+                fan.mark(path, _MASK, kind=self._mark_kind)
         except BaseException:
             fan.close()
             raise
@@ -233,8 +224,24 @@ class Enforcer:
             self.error = exc
             log.exception("appcontrol reader failed: releasing every pending event")
         finally:
-            fan.close()
+            self._release(fan)
             self._reports.put(None)
+
+    def _release(self, fan: FanotifyLike) -> None:
+        """Unmark, answer what is queued, then close: a forked child between fork and exec
+        holds a copy of the group descriptor, so closing ours alone may not end the group."""
+        for path in self._paths:
+            try:
+                fan.mark(path, _MASK, kind=self._mark_kind, remove=True)
+            except PlatformError as exc:
+                log.warning("appcontrol could not unmark %s: %s", path, exc)
+        try:
+            for event in fan.read(timeout=0):
+                if event.is_permission:
+                    fan.respond(event, True)
+        except PlatformError:
+            log.exception("appcontrol could not drain its last events")
+        fan.close()
 
     def _on_event(self, fan: FanotifyLike, event: FanotifyEvent) -> None:
         self._count("events")
@@ -352,15 +359,7 @@ class Enforcer:
         self._report_execution(decision, self._execution(event, LoadKind.EXEC))
 
     def _execution(self, event: FanotifyEvent, kind: LoadKind) -> Execution:
-        parents = ancestors(self._openers, event.pid, _PARENTS_MAX)
-        return Execution(
-            pid=event.pid,
-            path=event.path or "",
-            kind=kind,
-            exe=self._openers.exe(event.pid),
-            cmdline=self._openers.cmdline(event.pid),
-            parents=tuple((pid, self._openers.exe(pid)) for pid in parents),
-        )
+        return describe(self._openers, event.pid, event.path or "", kind)
 
     def _report_loop(self) -> None:
         while (item := self._reports.get()) is not None:

@@ -47,6 +47,7 @@ _SUFFIXES = {
 }  # fmt: skip
 _LIBRARY = re.compile(r"\.so(\.[0-9A-Za-z_.-]*)?$")
 _FAMILY = re.compile(r"^([a-z]+)")
+_PARENTS_MAX = 8
 
 
 class LoadKind(enum.StrEnum):
@@ -57,6 +58,18 @@ class LoadKind(enum.StrEnum):
     SCRIPT = "script"  # read by an interpreter as its program
     LIBRARY = "library"  # a shared object opened (dlopen, DT_NEEDED)
     MEMFD = "memfd"  # executed from a memfd
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Who tried to run what: the process behind an event, read when it was reported."""
+
+    pid: int
+    path: str
+    kind: LoadKind
+    exe: str | None
+    cmdline: tuple[str, ...]
+    parents: tuple[tuple[int, str | None], ...]  # (pid, exe), parent first
 
 
 class OpenersLike(Protocol):
@@ -123,6 +136,19 @@ def ancestors(openers: OpenersLike, pid: int, limit: int = 64) -> list[int]:
         chain.append(ppid)
         ppid = openers.ppid(ppid)
     return chain
+
+
+def describe(openers: OpenersLike, pid: int, path: str, kind: LoadKind) -> Execution:
+    """The report of ``pid`` loading ``path``: its executable, arguments and parent chain."""
+    parents = ancestors(openers, pid, _PARENTS_MAX)
+    return Execution(
+        pid=pid,
+        path=path,
+        kind=kind,
+        exe=openers.exe(pid),
+        cmdline=openers.cmdline(pid),
+        parents=tuple((parent, openers.exe(parent)) for parent in parents),
+    )
 
 
 def _matcher(patterns: Iterable[str]) -> re.Pattern[str]:
