@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from yoroi.modules.appcontrol.enforcer import Enforcer, Execution, Scope
+from yoroi.modules.appcontrol.enforcer import Enforcer, Scope
 from yoroi.modules.appcontrol.inventory import file_entry
-from yoroi.modules.appcontrol.loaders import LoadKind
+from yoroi.modules.appcontrol.loaders import Execution, LoadKind
 from yoroi.modules.appcontrol.trust import TrustDatabase
 from yoroi.modules.appcontrol.types import Decision, FileIdentity, Mode, Reason, Source
 from yoroi.platform.fakes.sysctl import FakeSysctl

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from yoroi.modules.appcontrol.enforcer import Enforcer, Execution
-from yoroi.modules.appcontrol.loaders import LoadKind
+from yoroi.modules.appcontrol.enforcer import Enforcer
+from yoroi.modules.appcontrol.loaders import Execution, LoadKind
 from yoroi.modules.appcontrol.memfd import MemfdGuard, is_memfd_path, memfd_decision
 from yoroi.modules.appcontrol.types import Decision, FileIdentity, Mode, Reason
 from yoroi.platform.fakes.fanotify import FakeFanotify

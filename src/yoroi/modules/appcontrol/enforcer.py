@@ -148,6 +148,7 @@ class Enforcer:
         self._inflight: dict[_Key, list[tuple[FanotifyEvent, LoadKind]]] = {}
         self._lock = threading.Lock()
         self._stats = EnforcerStats()
+        self._last_exec: tuple[int, str] | None = None
         self._reports: queue.SimpleQueue[tuple[Decision, Execution] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._fan: FanotifyLike | None = None
@@ -279,7 +280,11 @@ class Enforcer:
         if not path.startswith(self._prefixes) or not self._in_user_scope(event.pid):
             return None
         if event.mask & FanMask.OPEN_EXEC_PERM:
+            self._last_exec = (event.pid, path)
             return LoadKind.EXEC
+        last, self._last_exec = self._last_exec, None
+        if last == (event.pid, path):  # the plain open that follows every allowed exec
+            return None
         return self._rules.classify(self._openers, event.pid, path)
 
     def _in_user_scope(self, pid: int) -> bool:
@@ -384,14 +389,3 @@ def _prefix(path: str) -> str:
 
 def _identity(info: os.stat_result) -> FileIdentity:
     return FileIdentity(info.st_dev, info.st_ino, info.st_ctime_ns, info.st_size)
-
-
-__all__ = [
-    "Enforcer",
-    "EnforcerStats",
-    "Execution",
-    "Judge",
-    "OnDecision",
-    "Scope",
-    "real_fanotify",
-]
