@@ -96,8 +96,3 @@ def test_allow_package(tmp_path: Path) -> None:
     result = json.loads(allowed.stdout)
     assert result["packages"]["coreutils"] > 10
     assert allowed.exit_code == (1 if result["refused"] else 0)
-
-
-def test_run_is_a_placeholder_until_enforcement_lands(tmp_path: Path) -> None:
-    shown = run(tmp_path, "run", "--path", str(tmp_path), "--mode", "audit")
-    assert shown.exit_code == 2 and "not built yet" in shown.stderr

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import click
 
-from yoroi.errors import NotBuiltError, UsageError
+from yoroi.errors import UsageError
 from yoroi.home import Home
 from yoroi.modules.appcontrol.inventory import (
     InventoryProgress,
@@ -135,13 +135,29 @@ def status_command(home: Home, as_json: bool, config_file: Path | None) -> None:
     raise SystemExit(EXIT_OK)
 
 
-# Placeholder: the enforcement engineer replaces this with the real `run` (issue #7).
-@appcontrol.command("run", context_settings={"ignore_unknown_options": True,
-                                             "allow_extra_args": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run_command(args: tuple[str, ...]) -> None:
-    """Enforce or audit executions under --path DIR... (not built yet)."""
-    raise NotBuiltError("'yoroi appcontrol run': enforcement is not built yet (issue #7)")
+@appcontrol.command("run")
+@click.option("--path", "paths", multiple=True, required=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Directory whose executions are judged (repeatable); its content is trusted "
+              "at start (inventory).")
+@click.option("--mode", type=click.Choice(["audit", "enforce"]), required=True,
+              help="audit: allow and report; enforce: deny and report.")
+@click.option("--events", "events_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append one OCSF JSON event per judged execution to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Events on stdout as JSON lines.")
+@click.option("--decision-timeout", type=float, default=0.25, show_default=True,
+              help="Seconds before a late decision is allowed (and reported).")
+@click.pass_obj
+def run_command(home: Home, paths: tuple[Path, ...], mode: str, events_file: Path | None,
+                as_json: bool, decision_timeout: float) -> None:
+    """Trust what is under --path now, then judge every execution there until Ctrl-C
+    (needs root). Runs in its own process: start it from a shell or systemd, not from code
+    that forks while it runs."""
+    from yoroi.modules.appcontrol.run import run_enforcer
+    from yoroi.modules.appcontrol.types import Mode
+
+    raise SystemExit(run_enforcer(home, paths, Mode(mode), events_file, as_json,
+                                  decision_timeout))
 
 
 def load_policy(home: Home, config_file: Path | None) -> AppcontrolPolicy | None:
