@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,24 @@ def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...], words: str) 
     (tmp_path / "home" / "etc" / "agent.yaml").write_text("integrity: {templates: [etc]}\n")
     result = run(tmp_path, *args)
     assert result.exit_code == 2 and words in result.stderr, result.stderr
+
+
+def test_check_shows_a_masked_diff_of_a_changed_config_file(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = etc / "app.conf"
+    config.write_text("listen = 80\ndb_password = hunter2\n")
+    home = tmp_path / "home"
+    base = subprocess.run([sys.executable, "-m", "yoroi", "--home", str(home), "integrity",
+                           "baseline", str(etc)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert base.returncode == 0, base.stderr
+    config.write_text("listen = 8080\ndb_password = swordfish\n")
+    checked = subprocess.run([sys.executable, "-m", "yoroi", "--home", str(home), "integrity",
+                              "check", "--json"], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert checked.returncode == 1
+    [record] = [json.loads(line) for line in checked.stdout.splitlines()]
+    diff = record["diff"]
+    assert "-listen = 80" in diff and "+listen = 8080" in diff
+    assert "hunter2" not in diff and "swordfish" not in diff

@@ -63,6 +63,10 @@ integrity:
         [finding] = [e for e in seen if isinstance(e, DetectionFinding)]
         assert finding.file is not None and finding.file.path == str(page)
         assert "sha256" in finding.unmapped["integrity"]["attributes"]
+        assert "+<a href='//evil.example/x.exe'>Download</a>" in finding.unmapped["integrity"][
+            "diff"]
+        log = tmp_path / "home" / "var" / "integrity" / "changes.log"
+        assert str(page) in log.read_text()  # chained onto the change log
 
         baseline = tmp_path / "home" / "var" / "integrity" / BASELINE_FILE
         data = bytearray(baseline.read_bytes())

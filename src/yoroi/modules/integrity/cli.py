@@ -21,6 +21,7 @@ from yoroi.modules.integrity.changelog import ChangeLog
 from yoroi.modules.integrity.check import CheckReport, accept, accept_all, change_json, check
 from yoroi.modules.integrity.policy import IntegrityPolicy, RulePolicy
 from yoroi.modules.integrity.realtime import GapReason, RealtimeChange, RealtimeWatcher
+from yoroi.modules.integrity.records import keep_texts, with_diff
 from yoroi.modules.integrity.rules import Rule, compile_rule, expand
 from yoroi.modules.integrity.types import ChangeKind, FileChange
 from yoroi.modules.integrity.whodata import WhoResolver
@@ -77,6 +78,7 @@ def baseline_command(
     made.skip_hash_if_unchanged = skip
     store = _store(home)
     store.save(made)
+    keep_texts(store.directory, made)
     progress.clear()
     _print_errors(made.errors)
     if not quiet:
@@ -105,9 +107,12 @@ def check_command(home: Home, as_json: bool, jobs: int | None, quiet: bool) -> N
             click.echo(json.dumps({"tampered": True, "message": str(exc)}))
         raise
     progress.clear()
+    store = _store(home)
     for change in report.changes:
-        click.echo(json.dumps(change_json(change, report)) if as_json
-                   else _change_line(change, report))
+        record = with_diff(store.directory, change_json(change, report))
+        click.echo(json.dumps(record) if as_json else _change_line(change, report))
+        if not as_json and record.get("diff"):
+            click.echo(record["diff"].rstrip("\n"))
     _print_errors(report.errors)
     if not quiet:
         suspicious = sum(1 for c in report.changes if report.suspicious(c))
@@ -128,6 +133,10 @@ def accept_command(home: Home, paths: tuple[str, ...], everything: bool,
         raise UsageError("name the PATHs to accept, or --all (not both)")
     store = _store(home)
     count = accept_all(store, jobs or default_jobs()) if everything else accept(store, paths)
+    accepted = store.load()
+    keep_texts(store.directory, accepted, None if everything else [
+        p for p in accepted.states if any(p == a or p.startswith(a.rstrip("/") + "/")
+                                          for a in (os.path.abspath(x) for x in paths))])
     click.echo(f"accepted: {count} entries; baseline re-signed: {store.path}", err=True)
     raise SystemExit(EXIT_OK)
 

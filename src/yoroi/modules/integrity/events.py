@@ -97,3 +97,17 @@ def entity(change: EntityChange) -> Event:
                   "before": dict(change.before or {}), "after": dict(change.after or {}),
                   "fields": list(change.fields)},
     )
+
+
+def gap(reason: str, paths: tuple[str, ...]) -> Event:
+    """Realtime events may have been lost (overflow, restart): a check closes the gap."""
+    return DetectionFinding(
+        message=f"realtime monitoring {reason}: changes may have been missed under "
+                f"{', '.join(paths)}; checking against the baseline now",
+        severity_id=Severity.LOW,
+        finding_info=FindingInfo(
+            title="Realtime gap", uid=f"integrity:gap:{reason}",
+            analytic=Analytic(uid="yoroi.integrity.realtime-gap", name="realtime gap"),
+        ),
+        unmapped={"reason": reason, "paths": list(paths)},
+    )

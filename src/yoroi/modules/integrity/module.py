@@ -17,6 +17,7 @@ from yoroi.modules.integrity.changelog import ChangeLog
 from yoroi.modules.integrity.check import CheckReport, change_json, check
 from yoroi.modules.integrity.policy import IntegrityPolicy
 from yoroi.modules.integrity.realtime import GapReason, RealtimeChange, RealtimeWatcher
+from yoroi.modules.integrity.records import keep_texts, with_diff
 from yoroi.modules.integrity.rules import Rule, expand
 from yoroi.modules.integrity.whodata import WhoResolver
 from yoroi.platform.linux.dpkg import DpkgDatabase
@@ -57,6 +58,7 @@ class IntegrityModule:
         if fresh:
             baseline = await asyncio.to_thread(scan, self._rules, self._jobs())
             await asyncio.to_thread(store.save, baseline)
+            await asyncio.to_thread(keep_texts, directory, baseline)
             ctx.say(f"baseline of {len(baseline.states)} paths made and signed")
         if self.policy.entities and not (directory / ENTITIES_FILE).exists():
             await asyncio.to_thread(self._save_entities, directory)
@@ -98,23 +100,25 @@ class IntegrityModule:
                 self._ctx.publish(events.tampered(str(exc)))
                 return
             self.counters["checks"] += 1
-            self._publish_check(report)
+            await asyncio.to_thread(self._publish_check, report, directory)
             if self.policy.entities:
                 await asyncio.to_thread(self._check_entities, directory)
 
-    def _publish_check(self, report: CheckReport) -> None:
-        assert self._ctx is not None
+    def _publish_check(self, report: CheckReport, directory: Path) -> None:
+        """In a worker thread: diffs read files, the change log writes."""
+        changes = ChangeLog.at_state(directory.parent)
         for change in report.changes:
-            record = change_json(change, report)
+            record = with_diff(directory, change_json(change, report))
             key = repr(sorted((k, str(v)) for k, v in record.items()))
             if key in self._reported:
                 continue
             self._reported.add(key)
+            changes.append({"source": "check", **record})
             self.counters["changes"] += 1
-            self._ctx.publish(events.checked(record))
+            self._from_thread(events.checked(record))
             if record["suspicious"]:
                 what = f"{record['change']} ({', '.join(record['attributes']) or 'entry'})"
-                self._ctx.publish(events.suspicious(change.path, what, record))
+                self._from_thread(events.suspicious(change.path, what, record))
 
     # -- system entities ----------------------------------------------------------------
 
@@ -150,6 +154,7 @@ class IntegrityModule:
 
         def on_gap(reason: GapReason, watched: tuple[str, ...]) -> None:
             if reason is not GapReason.START and self._loop is not None:
+                self._from_thread(events.gap(str(reason), watched))
                 store = BaselineStore(directory)
                 asyncio.run_coroutine_threadsafe(self.check_now(store, directory), self._loop)
 
