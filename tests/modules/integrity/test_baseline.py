@@ -121,3 +121,22 @@ def test_tampered_store_is_refused(tmp_path: Path) -> None:
 def test_missing_store_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="yoroi integrity baseline"):
         BaselineStore(tmp_path).load()
+
+
+def test_blake3_baseline_detects_a_content_change(tmp_path: Path) -> None:
+    import blake3
+
+    from yoroi.modules.integrity.baseline import scan
+    from yoroi.modules.integrity.rules import path_rule
+
+    target = tmp_path / "site"
+    target.mkdir()
+    page = target / "index.html"
+    page.write_text("hello")
+    rule = path_rule([str(target)], "blake3")
+    before = scan((rule,))
+    assert before.states[str(page)].blake3 == blake3.blake3(b"hello").hexdigest()
+    assert before.states[str(page)].sha256 is None
+    page.write_text("hellO")
+    after = scan((rule,))
+    assert after.states[str(page)].blake3 == blake3.blake3(b"hellO").hexdigest()

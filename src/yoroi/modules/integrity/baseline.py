@@ -144,7 +144,7 @@ def _hash_fd(fd: int, algorithm: str, size: int) -> str:
 def _hasher(algorithm: str) -> Any:
     if algorithm == "blake3":
         try:
-            import blake3  # type: ignore[import-not-found]
+            import blake3  # type: ignore[import-untyped,unused-ignore]
         except ImportError:
             raise PolicyError("hash: blake3 needs the blake3 package (pip install blake3)"
                               ) from None
