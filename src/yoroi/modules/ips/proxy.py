@@ -163,11 +163,17 @@ class ProxyServer:
         await self._stopped.wait()
 
     async def _finish(self, idle: float) -> None:
-        if self._server is not None:
-            self._server.close()
         loop = asyncio.get_running_loop()
+        if self._server is not None:
+            # Stop accepting first and close the server one turn later: a connection accepted
+            # in this turn gets its transport in the next, and asyncio drops it (unanswered,
+            # reset at exit) if the server is closed by then.
+            for sock in self._server.sockets:
+                loop.remove_reader(sock.fileno())
+            await asyncio.sleep(0)
+            self._server.close()
         started = loop.time()
-        while self.handler.busy and loop.time() - started <= self.config.grace:
+        while self._open() and loop.time() - started <= self.config.grace:
             if loop.time() - started >= idle:
                 for task, busy in list(self.handler.busy.items()):
                     if not busy:
@@ -177,6 +183,13 @@ class ProxyServer:
             task.cancel()
         self.handler.pool.close()
         self._stopped.set()
+
+    def _open(self) -> bool:
+        """Whether connections are still open: those being served, and those accepted whose
+        handler has not started yet (a TLS handshake, or a task not yet run), which only the
+        asyncio server counts: finishing without them would reset them."""
+        accepted = getattr(self._server, "_active_count", 0) if self._server else 0
+        return bool(self.handler.busy) or accepted > 0
 
     async def serve(self, sock: socket.socket | None = None) -> None:
         """Run until SIGTERM/SIGINT (graceful stop); SIGHUP reloads the rules."""
