@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import ClassVar
 
 from yoroi.agent.actions import KillProcessTree
+from yoroi.agent.daemon import Agent
 from yoroi.agent.module import AgentContext, Health, ModuleStatus
 from yoroi.config import ModulePolicy
 from yoroi.events.enums import Severity
-from yoroi.events.model import DetectionFinding
+from yoroi.events.model import DetectionFinding, Event
 from yoroi.events.objects import Analytic, FindingInfo
+from yoroi.home import Home
+from yoroi.modules import module_classes, policy_sections
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -125,3 +129,16 @@ class Killer:
 
     def status(self) -> ModuleStatus:
         return ModuleStatus()
+
+
+def start_agent(
+    home: Path, policy: str
+) -> tuple[Agent, list[Event], asyncio.Task[int]]:
+    """The real agent with the built-in modules and ``policy``, running on the test's loop;
+    every event it publishes lands in the returned list."""
+    classes = module_classes()
+    agent = Agent(Home.resolve(home), classes, policy_sections(classes), policy_text=policy,
+                  say=lambda _: None)
+    seen: list[Event] = []
+    agent.bus.subscribe(seen.append, (), "test")
+    return agent, seen, asyncio.create_task(agent.run())

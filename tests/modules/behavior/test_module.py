@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent.helpers import start_agent as run_agent
 from tests.agent.helpers import wait_until
 from yoroi.agent.daemon import Agent
 from yoroi.events.model import DetectionFinding, Event
-from yoroi.home import Home
-from yoroi.modules import module_classes, policy_sections
 
 SIMULATOR = Path(__file__).with_name("simulator.py")
 pytestmark = [pytest.mark.root]
@@ -35,12 +34,7 @@ behavior:
   watch: ["{watch}"]
   response: kill
 """
-    classes = module_classes()
-    agent = Agent(Home.resolve(home), classes, policy_sections(classes), policy_text=policy,
-                  say=lambda _: None)
-    seen: list[Event] = []
-    agent.bus.subscribe(seen.append, (), "test")
-    return agent, seen, asyncio.create_task(agent.run())
+    return run_agent(home, policy)
 
 
 def ransomware_findings(seen: list[Event]) -> list[DetectionFinding]:

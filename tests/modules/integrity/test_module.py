@@ -9,21 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.helpers import wait_until
+from tests.agent.helpers import start_agent, wait_until
 from yoroi.agent.daemon import Agent
 from yoroi.events.model import DetectionFinding, Event, FileSystemActivity
-from yoroi.home import Home
-from yoroi.modules import module_classes, policy_sections
 from yoroi.modules.integrity.baseline import BASELINE_FILE
-
-
-def start(home: Path, policy: str) -> tuple[Agent, list[Event], asyncio.Task[int]]:
-    classes = module_classes()
-    agent = Agent(Home.resolve(home), classes, policy_sections(classes), policy_text=policy,
-                  say=lambda _: None)
-    seen: list[Event] = []
-    agent.bus.subscribe(seen.append, (), "test")
-    return agent, seen, asyncio.create_task(agent.run())
 
 
 def running(agent: Agent) -> bool:
@@ -50,7 +39,7 @@ integrity:
   schedule: 300ms
   rules: [{{name: web, paths: ["{www}"], attributes: [content, perms, owner], suspicious: true}}]
 """
-    agent, seen, task = start(tmp_path / "home", policy)
+    agent, seen, task = start_agent(tmp_path / "home", policy)
     try:
         await wait_until(lambda: running(agent), timeout=30)
         stat = page.stat()
@@ -90,7 +79,7 @@ integrity:
   schedule: 1h
   rules: [{{name: srv, paths: ["{tmpfs_mount}"], attributes: [content]}}]
 """
-    agent, seen, task = start(tmp_path / "home", policy)
+    agent, seen, task = start_agent(tmp_path / "home", policy)
     target = tmpfs_mount / "sshd_config"
     try:
         await wait_until(lambda: running(agent), timeout=30)
