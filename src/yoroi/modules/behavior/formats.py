@@ -245,9 +245,18 @@ def _png_ok(head: bytes, size: int) -> bool:
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
 
 
+# start-of-frame markers (SOF0-SOF15 but DHT C4, JPG C8, DAC CC)
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
 def _jpeg_ok(head: bytes, size: int) -> bool:
-    """Walk the marker segments; inside scan data, 0xFF may only be stuffed or a marker."""
+    """Walk the marker segments; inside scan data, 0xFF may only be stuffed or a marker.
+
+    An end-of-image marker counts only after a frame and a scan: random bytes behind the
+    SOI magic hit ``FF D9`` early often enough to fool a plain walk.
+    """
     position = 2
+    framed = scanned = False
     while position + 2 <= len(head):
         if head[position] != 0xFF:
             return False
@@ -261,14 +270,16 @@ def _jpeg_ok(head: bytes, size: int) -> bool:
         if marker < 0xC0 or marker == 0xD8:
             return False
         if marker == 0xD9:
-            return True
+            return framed and scanned
         if position + 4 > len(head):
             break
         (length,) = struct.unpack_from(">H", head, position + 2)
         if length < 2:
             return False
         position += 2 + length
+        framed = framed or marker in _JPEG_FRAMES
         if marker == 0xDA:
+            scanned = framed
             position = _skip_scan(head, position)
             if position < 0:
                 return False
