@@ -134,3 +134,25 @@ def test_check_shows_a_masked_diff_of_a_changed_config_file(tmp_path: Path) -> N
     diff = record["diff"]
     assert "-listen = 80" in diff and "+listen = 8080" in diff
     assert "hunter2" not in diff and "swordfish" not in diff
+
+
+def test_check_diffs_system_entities_recorded_with_the_baseline(tmp_path: Path) -> None:
+    import socket
+
+    watched = tmp_path / "w"
+    watched.mkdir()
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "yoroi", "--home", str(home), "integrity"]
+    base = subprocess.run([*command, "baseline", "--entities", str(watched)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert base.returncode == 0, base.stderr
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        checked = subprocess.run([*command, "check", "--json"], capture_output=True, text=True,
+                                 timeout=60, check=False)
+    assert checked.returncode == 1, checked.stderr
+    records = [json.loads(line) for line in checked.stdout.splitlines()]
+    assert {"entity": "port", "key": f"tcp/127.0.0.1:{port}", "change": "added"}.items() <= \
+        next(r for r in records if r.get("key") == f"tcp/127.0.0.1:{port}").items()

@@ -19,11 +19,15 @@ from yoroi.home import Home
 from yoroi.modules.integrity.baseline import BaselineStore, default_jobs, scan
 from yoroi.modules.integrity.changelog import ChangeLog
 from yoroi.modules.integrity.check import CheckReport, accept, accept_all, change_json, check
+from yoroi.modules.integrity.entities import diff as entity_diff
+from yoroi.modules.integrity.entities import dumps as entity_dumps
+from yoroi.modules.integrity.entities import loads as entity_loads
+from yoroi.modules.integrity.entities import snapshot as entity_snapshot
 from yoroi.modules.integrity.policy import IntegrityPolicy, RulePolicy
 from yoroi.modules.integrity.realtime import GapReason, RealtimeChange, RealtimeWatcher
-from yoroi.modules.integrity.records import keep_texts, with_diff
+from yoroi.modules.integrity.records import ENTITIES_FILE, keep_texts, with_diff
 from yoroi.modules.integrity.rules import Rule, compile_rule, expand
-from yoroi.modules.integrity.types import ChangeKind, FileChange
+from yoroi.modules.integrity.types import ChangeKind, EntityChange, FileChange
 from yoroi.modules.integrity.whodata import WhoResolver
 from yoroi.platform.linux.dpkg import DpkgDatabase
 from yoroi.platform.linux.proc_connector import ProcConnector
@@ -52,6 +56,10 @@ def integrity() -> None:
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="With PATHs: skip files whose path or name matches GLOB (repeatable).")
 @click.option("--suspicious", is_flag=True, help="With PATHs: changes are Detection Findings.")
+@click.option("--entities", is_flag=True,
+              help="Also record the system entities (users, groups, sudoers, packages, units, "
+              "crontabs, listening ports, kernel modules, authorized_keys, sysctls); check then "
+              "diffs them too.")
 @click.option("--skip-hash-if-unchanged", is_flag=True, default=None,
               help="Checks reuse a hash when size, mtime, ctime and inode are unchanged.")
 @_jobs_option
@@ -59,8 +67,8 @@ def integrity() -> None:
 @click.pass_obj
 def baseline_command(
     home: Home, paths: tuple[str, ...], config_file: Path | None, hash_name: str | None,
-    exclude: tuple[str, ...], suspicious: bool, skip_hash_if_unchanged: bool | None,
-    jobs: int | None, quiet: bool,
+    exclude: tuple[str, ...], suspicious: bool, entities: bool,
+    skip_hash_if_unchanged: bool | None, jobs: int | None, quiet: bool,
 ) -> None:
     """Record PATH... (or the policy's rules) as the trusted state, signed.
 
@@ -79,6 +87,11 @@ def baseline_command(
     store = _store(home)
     store.save(made)
     keep_texts(store.directory, made)
+    entity_file = store.directory / ENTITIES_FILE
+    if entities:
+        entity_file.write_bytes(entity_dumps(entity_snapshot()))
+    else:
+        entity_file.unlink(missing_ok=True)
     progress.clear()
     _print_errors(made.errors)
     if not quiet:
@@ -113,12 +126,20 @@ def check_command(home: Home, as_json: bool, jobs: int | None, quiet: bool) -> N
         click.echo(json.dumps(record) if as_json else _change_line(change, report))
         if not as_json and record.get("diff"):
             click.echo(record["diff"].rstrip("\n"))
+    entity_changes = _entity_changes(store.directory)
+    for entity in entity_changes:
+        record = {"entity": entity.entity, "key": entity.key, "change": entity.kind.value,
+                  "fields": list(entity.fields), "before": entity.before, "after": entity.after}
+        click.echo(json.dumps(record, default=str) if as_json else
+                   f"{entity.kind.value:8} {entity.entity} {entity.key}"
+                   + (f" ({', '.join(entity.fields)})" if entity.fields else ""))
     _print_errors(report.errors)
     if not quiet:
         suspicious = sum(1 for c in report.changes if report.suspicious(c))
         _summary("checked", len(report.current.states), report.elapsed,
                  f"changes: {len(report.changes)} ({suspicious} suspicious)")
-    raise SystemExit(EXIT_FOUND if report.changes else (EXIT_ERROR if report.errors else EXIT_OK))
+    found = report.changes or entity_changes
+    raise SystemExit(EXIT_FOUND if found else (EXIT_ERROR if report.errors else EXIT_OK))
 
 
 @integrity.command("accept")
@@ -182,6 +203,15 @@ def _watch_line(change: RealtimeChange) -> str:
     package = f" [{', '.join(change.packages) or 'package manager'}" \
               f"{', expected' if change.expected else ''}]" if actor and actor.transaction else ""
     return f"{change.kind.value:6} {change.path}{moved} by {who}{package}"
+
+
+def _entity_changes(directory: Path) -> list[EntityChange]:
+    """Entity changes since ``baseline --entities`` (none when it was not asked for)."""
+    try:
+        recorded = entity_loads((directory / ENTITIES_FILE).read_bytes())
+    except FileNotFoundError:
+        return []
+    return entity_diff(recorded, entity_snapshot())
 
 
 def _store(home: Home) -> BaselineStore:

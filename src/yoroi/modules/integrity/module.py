@@ -17,7 +17,7 @@ from yoroi.modules.integrity.changelog import ChangeLog
 from yoroi.modules.integrity.check import CheckReport, change_json, check
 from yoroi.modules.integrity.policy import IntegrityPolicy
 from yoroi.modules.integrity.realtime import GapReason, RealtimeChange, RealtimeWatcher
-from yoroi.modules.integrity.records import keep_texts, with_diff
+from yoroi.modules.integrity.records import ENTITIES_FILE, keep_texts, with_diff
 from yoroi.modules.integrity.rules import Rule, expand
 from yoroi.modules.integrity.whodata import WhoResolver
 from yoroi.platform.linux.dpkg import DpkgDatabase
@@ -25,7 +25,6 @@ from yoroi.platform.linux.proc_connector import ProcConnector
 from yoroi.platform.linux.process import Processes
 
 log = logging.getLogger(__name__)
-ENTITIES_FILE = "entities.json"
 
 
 class IntegrityModule:

@@ -16,6 +16,7 @@ from yoroi.modules.integrity.baseline import Baseline
 from yoroi.modules.integrity.textdiff import TextCopies, diff_text
 
 TEXT_DIR = "text"
+ENTITIES_FILE = "entities.json"  # the entity snapshot beside the file baseline
 MAX_TEXT = 64 * 1024
 
 
