@@ -57,7 +57,14 @@ from concurrent.futures import ThreadPoolExecutor
 from yoroi.errors import Unsupported
 from yoroi.modules.behavior.backup import BackupRecord, BackupStore, Refusal
 from yoroi.modules.behavior.holds import Held
-from yoroi.platform.linux.fanotify import FanClass, FanInit, FanMask, Fanotify, FanotifyEvent
+from yoroi.platform.linux.fanotify import (
+    FanClass,
+    FanInit,
+    FanMask,
+    Fanotify,
+    FanotifyEvent,
+    read_events,
+)
 
 log = logging.getLogger(__name__)
 Protect = Callable[[str, int], bool]
@@ -191,15 +198,12 @@ class PreWriteGuard:
     def _read_loop(self) -> None:
         fan = self._fan
         assert fan is not None
-        while not self._stop.is_set():
-            try:
-                events = fan.read(timeout=0.2)
-            except Exception:
-                log.exception("pre-write backup: reading fanotify events failed")
-                continue
-            for event in events:
-                if event.is_permission:
-                    self._dispatch(fan, event)
+        read_events(fan, self._stop, lambda event: self._permission(fan, event),
+                    "pre-write backup")
+
+    def _permission(self, fan: Fanotify, event: FanotifyEvent) -> None:
+        if event.is_permission:
+            self._dispatch(fan, event)
 
     def _dispatch(self, fan: Fanotify, event: FanotifyEvent) -> None:
         self.counters["events"] += 1

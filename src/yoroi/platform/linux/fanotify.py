@@ -61,6 +61,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Literal, Protocol, Self
@@ -89,6 +90,7 @@ __all__ = [
     "PERMISSION_EVENTS",
     "PermissionGuard",
     "mask_names",
+    "read_events",
 ]
 
 log = logging.getLogger(__name__)
@@ -358,3 +360,25 @@ class Fanotify:
             return os.readlink(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
+
+
+def read_events(
+    fan: FanotifyLike,
+    stop: threading.Event,
+    handle: Callable[[FanotifyEvent], None],
+    what: str,
+    timeout: float = 0.2,
+) -> None:
+    """A reader thread's loop: hand every event to ``handle`` until ``stop`` is set.
+
+    A failing read is logged (naming ``what``) and reading goes on, so that permission events
+    keep being answered.
+    """
+    while not stop.is_set():
+        try:
+            events = fan.read(timeout=timeout)
+        except Exception:
+            log.exception("%s: reading fanotify events failed", what)
+            continue
+        for event in events:
+            handle(event)
